@@ -1,0 +1,92 @@
+"""Shared config pieces: the fields every trainer's config has, and `parse_arg`.
+
+Config files (`configs/*.py`) define `get_config(arg=None)`: they start from `base_config()` and
+set what their method needs. `arg` is a comma-separated list parsed by `parse_arg`, e.g.
+`--config=configs/hgr_rn50.py:demo` or `:variant=RN101,demo`.
+"""
+import ml_collections
+
+
+def parse_arg(arg, **defaults):
+  """Parses "demo,variant=RN101" into a ConfigDict over `defaults` (bare words set True).
+
+  Unknown names are an error, so a misspelled variant fails instead of being ignored.
+  """
+  result = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return result
+  for item in arg.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+      raise UserError(f"unknown config argument {key!r} in {arg!r}; valid arguments: {sorted(defaults)}")
+    default = defaults[key]
+    if not _:
+      result[key] = True
+    elif isinstance(default, bool):
+      result[key] = value.lower() in ("1", "true", "yes", "y")
+    elif isinstance(default, int):
+      result[key] = int(value)
+    elif isinstance(default, float):
+      result[key] = float(value)
+    else:
+      result[key] = value
+  return result
+
+
+def optim_config(**overrides):
+  """Optimizer fields read by `zsl_jax.optim.make` (one group; `groups` adds per-regex overrides)."""
+  c = ml_collections.ConfigDict(dict(
+      name="adamw",            # adamw | adam | sgd | rmsprop (PyTorch semantics) | lamb
+      lr=1e-3,
+      weight_decay=0.0,        # decoupled for adamw/lamb, coupled L2 (as PyTorch) for sgd/rmsprop
+      wd_exclude="",           # regex of parameter paths without weight decay ("" = decay all)
+      b1=0.9, b2=0.999, eps=1e-8,
+      momentum=0.0, nesterov=False,
+      rms_decay=0.99,          # PyTorch RMSprop's alpha
+      grad_clip_norm=0.0,      # global norm over the group's gradients; 0 disables
+      schedule=ml_collections.ConfigDict(dict(
+          type="constant",     # constant | cosine | linear
+          warmup_steps=0,
+          end_factor=0.0,      # final lr = lr * end_factor for cosine/linear
+      )),
+      # ((regex, overrides-dict | None), ...): first match wins; None freezes the parameters.
+      groups=(),
+  ))
+  c.update(overrides)
+  return c
+
+
+def base_config():
+  """Fields the engine reads; trainers add their own sub-dicts (`data`, `model`, ...)."""
+  c = ml_collections.ConfigDict()
+  c.trainer = ""             # module zsl_jax.trainers.<trainer> (or a dotted module path)
+  c.mode = "train"           # train | eval
+  c.seed = 0
+  c.total_steps = 0          # > 0 wins over num_epochs
+  c.num_epochs = 0.0         # converted with the trainer's steps_per_epoch
+  c.batch_size = 32          # global, over all hosts
+  c.compute_dtype = "auto"   # auto (bfloat16 on GPU/TPU, float32 on CPU) | float32 | bfloat16
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  c.sharding = ml_collections.ConfigDict(dict(
+      strategy="replicate",  # replicate | fsdp (shard big parameters over the fsdp axis)
+      min_fsdp_size=2 ** 18,  # parameters with fewer elements stay replicated
+      rules=(),              # ((regex, "replicate" | "fsdp"), ...) evaluated before the strategy
+  ))
+  c.optim = optim_config()
+  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+  c.init = ml_collections.ConfigDict(dict(
+      checkpoint="",         # a zsl_jax workdir / checkpoint step dir, or a trainer-specific file
+      step=-1,               # -1: latest
+  ))
+  c.log = ml_collections.ConfigDict(dict(every_steps=50, tensorboard=True, progress=True))
+  c.evals = ml_collections.ConfigDict()  # name -> {type, every_steps (0 = only at the end), ...}
+  c.compilation_cache_dir = "~/.cache/zsl_jax/xla"  # "" disables the persistent cache
+  c.distributed = ml_collections.ConfigDict(dict(
+      initialize=False,      # jax.distributed.initialize(); auto-detects SLURM / TPU pods
+      coordinator_address="", num_processes=0, process_id=-1,
+      initialization_timeout=300, heartbeat_timeout_seconds=100))
+  return c

@@ -1,0 +1,19 @@
+"""Evaluator interface: `config.evals.<name> = dict(type=T, every_steps=N, **kwargs)`.
+
+The engine builds `zsl_jax.evaluators.<T>.Evaluator(trainer=..., mesh=..., workdir=..., **kwargs)`
+(or `<T>.Evaluator` for a dotted module path) and calls `run(state)` every N steps and at the end;
+the returned {metric: value} dict is written to the metrics stream with `split=<name>`.
+"""
+
+
+class Evaluator:
+
+  def __init__(self, trainer, mesh, workdir, **kwargs):
+    self.trainer = trainer
+    self.mesh = mesh
+    self.workdir = workdir
+    self.kwargs = kwargs
+
+  def run(self, state):
+    """`state` has "params" and "model_state" (global arrays); returns {name: python scalar}."""
+    raise NotImplementedError
