@@ -25,7 +25,8 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    x = nn.Dense(self.hidden, dtype=self.dtype)(x)
+    # No bias before BatchNorm: its gradient is pure rounding noise, which Adam would amplify.
+    x = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x)
     x = nn.relu(x)
     return nn.Dense(self.classes, dtype=self.dtype)(x).astype(jnp.float32)
@@ -86,9 +87,10 @@ class Trainer(base.Trainer):
     ds = grain.MapDataset.source(ToySource(t.train_examples, t.dim, t.classes, seed=0))
     ds = ds[index::count].shuffle(seed=self.config.seed).repeat()
     ds = ds.batch(pipeline.local_batch_size(self.config.batch_size), drop_remainder=True)
-    if t.sleep_per_batch:
-      ds = ds.map(_SlowDown(t.sleep_per_batch))
-    return iter(ds.to_iter_dataset())
+    it_ds = ds.to_iter_dataset()
+    if t.sleep_per_batch:  # After prefetching, so the delay is paid in the training loop.
+      it_ds = it_ds.map(_SlowDown(t.sleep_per_batch))
+    return iter(it_ds)
 
 
 class Evaluator(eval_base.Evaluator):

@@ -121,7 +121,7 @@ class Engine:
     self._init_rng = init_rng
 
   # ---------------------------------------------------------------- state shapes and shardings
-  def _build_state(self, with_optimizer):
+  def build_state(self, with_optimizer):
     """Creates the state directly with its target shardings (never fully on one device)."""
     if with_optimizer:
       self.total_steps = total_steps(self.config, self.trainer)
@@ -148,6 +148,9 @@ class Engine:
     if ckpt_lib.is_zsl_checkpoint(path):
       restored, step = ckpt_lib.restore_subtree(path, target, step)
       logger.info("initialised params from %s (step %d)", path, step)
+    elif pathlib.Path(str(path)).expanduser().is_dir():
+      raise UserError(f"no zsl_jax checkpoint found under {path}; pass --config.init.checkpoint=<a training "
+                      f"workdir or its checkpoints/<step> folder>")
     else:
       if not pathlib.Path(str(path)).expanduser().exists():
         raise UserError(f"config.init.checkpoint={path!r} does not exist; give a zsl_jax workdir, "
@@ -163,7 +166,7 @@ class Engine:
     return {**state, **restored}
 
   # ---------------------------------------------------------------- the train step
-  def _make_train_step(self):
+  def make_train_step(self):
     trainer, tx, schedule = self.trainer, self.tx, self.schedules["default"]
     base_rng = self._train_rng
 
@@ -209,7 +212,7 @@ class Engine:
   def evaluate(self):
     """Restores `config.init.checkpoint` (or this workdir's latest) and runs every evaluator once."""
     source = self.config.init.checkpoint or str(self.workdir)
-    state = self._build_state(with_optimizer=False)
+    state = self.build_state(with_optimizer=False)
     state = self._init_from(state, source, self.config.init.step)
     step = 0
     if ckpt_lib.is_zsl_checkpoint(source):
@@ -227,7 +230,7 @@ class Engine:
   # ---------------------------------------------------------------- the loop
   def train(self):
     config = self.config
-    state = self._build_state(with_optimizer=True)
+    state = self.build_state(with_optimizer=True)
     data_iter = self.trainer.train_iterator()
     checkpointer = ckpt_lib.Checkpointer(self.workdir / ckpt_lib.CHECKPOINT_DIR,
                                          every_steps=config.checkpoint.every_steps,
@@ -248,7 +251,7 @@ class Engine:
 
     evaluators = build_evaluators(config, self.trainer, self.mesh, self.workdir)
     writer = metrics_lib.MetricWriter(self.workdir, tensorboard=config.log.tensorboard)
-    train_step = self._make_train_step()
+    train_step = self.make_train_step()
     last_saved = latest
     replicated_keys = tuple(getattr(self.trainer, "replicated_batch_keys", ()))
     log_every = max(int(config.log.every_steps), 1)

@@ -19,7 +19,11 @@ _GROUP_KEYS = ("name", "lr", "weight_decay", "wd_exclude", "b1", "b2", "eps", "m
 
 
 def make_schedule(lr, schedule, total_steps):
-  """Linear warmup from 0, then constant / cosine / linear decay to lr * end_factor."""
+  """Linear warmup, then constant / cosine / linear decay to lr * end_factor.
+
+  Warmup follows open_clip / HGR-Net (`lr * (step + 1) / warmup`), so the first step already
+  learns; the decay phase spans the remaining `total_steps - warmup` steps.
+  """
   kind = schedule.get("type", "constant")
   warmup = int(schedule.get("warmup_steps", 0))
   end = float(schedule.get("end_factor", 0.0))
@@ -34,7 +38,8 @@ def make_schedule(lr, schedule, total_steps):
     raise UserError(f"optim schedule type {kind!r}; use 'constant', 'cosine' or 'linear'")
   if warmup <= 0:
     return main
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+  warm = lambda step: lr * (step + 1) / warmup
+  return optax.join_schedules([warm, main], [warmup])
 
 
 def _wd_mask(exclude):
