@@ -83,10 +83,9 @@ class Trainer(base.Trainer):
 
   def train_iterator(self):
     t = self.config.toy
-    index, count = pipeline.process_info()
     ds = grain.MapDataset.source(ToySource(t.train_examples, t.dim, t.classes, seed=0))
-    ds = ds[index::count].shuffle(seed=self.config.seed).repeat()
-    ds = ds.batch(pipeline.local_batch_size(self.config.batch_size), drop_remainder=True)
+    ds = ds.shuffle(seed=self.config.seed).repeat(1000)
+    ds = pipeline.host_batches(ds, self.config.batch_size)
     it_ds = ds.to_iter_dataset()
     if t.sleep_per_batch:  # After prefetching, so the delay is paid in the training loop.
       it_ds = it_ds.map(_SlowDown(t.sleep_per_batch))
@@ -111,7 +110,7 @@ class Evaluator(eval_base.Evaluator):
     for batch in ds:
       g = sharding.global_batch(batch, self.mesh)
       pred = self._predict(variables, g["x"])
-      hit = jax.device_get((pred == g["label"]) & g["_mask"])
+      hit = eval_base.to_host((pred == g["label"]) & g["_mask"])
       correct += int(hit.sum())
-      total += int(jax.device_get(g["_mask"]).sum())
+      total += int(eval_base.to_host(g["_mask"]).sum())
     return {"accuracy": correct / total, "count": total}

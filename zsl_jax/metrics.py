@@ -9,10 +9,24 @@ import logging
 logger = logging.getLogger(__name__)
 import math
 import pathlib
+import sys
 import time
 
 import jax
 import numpy as np
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without dragging in torch (≈1 GB, seconds) when installed."""
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    return SummaryWriter
+  sys.modules["torch"] = None  # tensorboardX tries `import torch` at import time; make it fail.
+  try:
+    from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 def _to_python(v):
@@ -37,8 +51,7 @@ class MetricWriter:
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-      self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"))
+      self._tb = _summary_writer_class()(str(pathlib.Path(workdir) / "tensorboard"))
 
   def write(self, step, split, metrics):
     if not self.enabled:

@@ -79,3 +79,30 @@ def padded_eval_dataset(dataset, global_batch_size, *, process_index=None, proce
   else:
     rows = grain.MapDataset.range(padded).map(_PaddedSlice(dataset, start, stop))
   return rows.batch(local, drop_remainder=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HostRows:
+  """Local example k of this host = row (k mod b) of this host's slice of global batch (k div b)."""
+  dataset: grain.MapDataset
+  global_batch: int
+  local_batch: int
+  process_index: int
+
+  def __call__(self, k):
+    step, row = divmod(k, self.local_batch)
+    return self.dataset[step * self.global_batch + self.process_index * self.local_batch + row]
+
+
+def host_batches(dataset, global_batch_size, *, process_index=None, process_count=None):
+  """Local batches whose concatenation over hosts is the same global batch for any host count.
+
+  `dataset` is the global, already shuffled (and usually repeated) MapDataset. Each host reads
+  only its own rows, so a run on 2 hosts x 4 devices sees exactly the batches of 1 host x 8
+  devices, which makes multi-host results reproducible on one machine.
+  """
+  index, count = process_info(process_index, process_count)
+  local = local_batch_size(global_batch_size, count)
+  steps = len(dataset) // global_batch_size
+  view = _HostRows(dataset, global_batch_size, local, index)
+  return grain.MapDataset.range(steps * local).map(view).batch(local, drop_remainder=True)

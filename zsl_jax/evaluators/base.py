@@ -17,3 +17,17 @@ class Evaluator:
   def run(self, state):
     """`state` has "params" and "model_state" (global arrays); returns {name: python scalar}."""
     raise NotImplementedError
+
+
+def to_host(tree):
+  """Global jax.Arrays -> full numpy arrays on every host (multi-host safe).
+
+  Arrays sharded over devices of several processes cannot be read with device_get; gathering
+  keeps per-example evaluation outputs exact on clusters. Prefer reducing on device (sums of
+  masked hits) when only totals are needed.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return multihost_utils.process_allgather(tree, tiled=True)
