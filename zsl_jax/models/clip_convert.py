@@ -120,7 +120,7 @@ def torch_to_flax(sd, config):
       leaves.append(None)
       continue
     used.add(name)
-    arr = np.ascontiguousarray(_to_flax(sd[name], keys[-1]), dtype=np.float32)
+    arr = np.array(_to_flax(sd[name], keys[-1]), dtype=np.float32, order="C")
     if arr.shape != spec.shape:
       mismatched.append(f"{name} {tuple(sd[name].shape)}")
     leaves.append(arr)
