@@ -26,6 +26,7 @@ class Graph:
   """Ordered DAG: `children[u]` lists u's children in first-seen order; `ROOT` is the root."""
 
   def __init__(self, edges):
+    self.words, self.missing = {}, []
     self.children = collections.OrderedDict()
     self.parents = collections.defaultdict(list)
     self.children[ROOT] = []
@@ -70,6 +71,7 @@ class Graph:
           edges.extend((u, k) for k in ([c] if c in keep else kept_below(c)))
     # Kept nodes with no kept ancestor still hang off the root (reference: ≈170 at depth 0).
     out = Graph(edges)
+    out.words, out.missing = self.words, self.missing
     for u in self.children:
       if u in keep and u != ROOT and u not in out:
         out.children[u] = []
@@ -95,7 +97,7 @@ def graph_from_imagenet_xml(path, replace_misc=True):
 
   The `fa11misc` subtree is replaced by the food subtree (`n00021265`) found inside it; one
   (parent, child) edge per XML nesting, duplicates skipped (a synset listed under several parents
-  becomes a multi-parent node).
+  becomes a multi-parent node). `graph.words` keeps each synset's XML `words` attribute.
   """
   try:
     tree = ET.parse(path)
@@ -109,7 +111,7 @@ def graph_from_imagenet_xml(path, replace_misc=True):
       top.remove(misc)
       if food is not None:
         top.append(food)
-  edges = []
+  edges, words = [], {}
   stack = [(ROOT, c) for c in reversed(list(top))]
   while stack:  # Iterative pre-order DFS in document order.
     parent, el = stack.pop()
@@ -117,8 +119,11 @@ def graph_from_imagenet_xml(path, replace_misc=True):
       continue
     wnid = el.get("wnid")
     edges.append((parent, wnid))
+    words.setdefault(wnid, el.get("words", ""))
     stack.extend((wnid, c) for c in reversed(list(el)))
-  return Graph(edges)
+  g = Graph(edges)
+  g.words = words
+  return g
 
 
 def graph_from_wordnet(wn, universe):
@@ -163,13 +168,14 @@ class Hierarchy:
 
   Attributes:
     wnids: [N] WNIDs; names: [N] class names (reference rule, see `wordnet.class_name`).
-    parents, children: per node, indices in the (class-only) DAG; root children have no parents.
+    parents, children: per node, indices in the (class-only) DAG, the synthetic root excluded.
+    root_children: nodes that have the root among their parents (depth 0 ones and others).
     ancestor_path: per node, ancestors on one shortest root path, root side first, root and node
       excluded (the reference's `c2p`); depth[i] = len(ancestor_path[i]).
     nodes_at_depth: [max_depth + 1] lists of node indices (the reference's `d2n`, sorted by depth).
   """
 
-  def __init__(self, wnids, names, parents, ancestor_path, meta=None):
+  def __init__(self, wnids, names, parents, ancestor_path, meta=None, root_children=None):
     self.wnids = list(wnids)
     self.names = list(names)
     self.parents = [list(p) for p in parents]
@@ -182,7 +188,9 @@ class Hierarchy:
         self.children[p].append(i)
     self.depth = np.array([len(p) for p in self.ancestor_path], np.int32)  # [N]
     self.nodes_at_depth = [np.flatnonzero(self.depth == d).tolist() for d in range(int(self.depth.max(initial=-1)) + 1)]
-    self.root_children = [i for i, p in enumerate(self.parents) if not p]
+    if root_children is None:
+      root_children = [i for i, p in enumerate(self.parents) if not p]
+    self.root_children = list(root_children)  # Nodes with the root among their parents.
 
   def __len__(self):
     return len(self.wnids)
@@ -213,9 +221,10 @@ class Hierarchy:
     return {n: ws for n, ws in sorted(by.items()) if len(ws) > 1}
 
   def stats(self):
+    rc = set(self.root_children)
     return {"num_classes": len(self), "max_depth": self.max_depth,
             "nodes_per_depth": [len(n) for n in self.nodes_at_depth],
-            "multi_parent_nodes": int(sum(len(p) > 1 for p in self.parents)),
+            "multi_parent_nodes": int(sum(len(p) + (i in rc) > 1 for i, p in enumerate(self.parents))),
             "root_children": len(self.root_children), "shared_names": len(self.shared_names())}
 
   @classmethod
@@ -239,12 +248,13 @@ class Hierarchy:
       paths.update(nxt)
       frontier = sorted(nxt)
     ancestor_path = [[index[a] for a in paths[w]] for w in nodes]
-    return cls(nodes, [names_fn(w) for w in nodes], parents, ancestor_path, meta)
+    return cls(nodes, [names_fn(w) for w in nodes], parents, ancestor_path, meta,
+               [index[w] for w in graph.children[ROOT]])
 
   def save(self, path):
     """One JSON file: node order, names, parents, ancestor paths and build metadata."""
     data = {"format": "zsl_jax.hierarchy/1", "wnids": self.wnids, "names": self.names,
-            "parents": self.parents, "ancestor_path": self.ancestor_path, "meta": self.meta,
+            "parents": self.parents, "ancestor_path": self.ancestor_path, "root_children": self.root_children, "meta": self.meta,
             "stats": self.stats()}
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(path).write_text(json.dumps(data))
@@ -257,7 +267,8 @@ class Hierarchy:
       raise UserError(f"cannot read hierarchy {path}: {e}; build it with python -m zsl_jax.tools.build_hierarchy") from e
     if data.get("format") != "zsl_jax.hierarchy/1":
       raise UserError(f"{path} is not a zsl_jax hierarchy file; build it with python -m zsl_jax.tools.build_hierarchy")
-    return cls(data["wnids"], data["names"], data["parents"], data["ancestor_path"], data.get("meta"))
+    return cls(data["wnids"], data["names"], data["parents"], data["ancestor_path"], data.get("meta"),
+               data.get("root_children"))
 
 
 def _preorder(graph):
