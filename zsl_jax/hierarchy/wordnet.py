@@ -131,9 +131,14 @@ def synset(wn, wnid):
   if len(wnid) != 9 or wnid[0] != "n" or not wnid[1:].isdigit():
     raise UserError(f"{wnid!r} is not an ImageNet WNID (expected 'n' + 8 digits); fix the class list")
   try:
-    return wn.synset_from_pos_and_offset("n", int(wnid[1:]))
-  except Exception as e:  # nltk raises WordNetError (or ValueError) for a bad offset.
+    with warnings.catch_warnings():  # nltk warns and returns None for an unknown offset.
+      warnings.simplefilter("ignore", UserWarning)
+      s = wn.synset_from_pos_and_offset("n", int(wnid[1:]))
+  except Exception as e:  # Older nltk raises WordNetError (or ValueError) instead.
     raise UserError(f"{wnid} is not a WordNet 3.0 noun synset; check the class list is ImageNet's") from e
+  if s is None:
+    raise UserError(f"{wnid} is not a WordNet 3.0 noun synset; check the class list is ImageNet's")
+  return s
 
 
 def wnid_of(s):
