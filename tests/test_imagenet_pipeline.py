@@ -161,3 +161,23 @@ def test_demo_prepare_is_fast_and_complete(tmp_path):
   assert ix.meta["counts"]["train"]["seen_classes"] == 18 and ix.meta["counts"]["test"]["unseen_classes"] == 21
   assert synthetic_imagenet.prepare_demo(tmp_path / "d") == paths  # reused
   shutil.rmtree(tmp_path / "d")
+
+
+def test_array_record_copy_reads_back_through_grain(demo, tmp_path):
+  from zsl_jax.data import array_record  # pylint: disable=import-outside-toplevel
+  index, _ = demo
+  records = array_record.build(index, "test", "rest", tmp_path / "rec")
+  assert len(records) == len(index.rows("test", "rest"))
+  np.testing.assert_array_equal(records.labels(records.rows("test", "rest")), index.labels(index.rows("test", "rest")))
+  from_files, _ = imagenet21k.eval_dataset(index, "test", "rest", 8, image_size=S)
+  from_records, n = imagenet21k.eval_dataset(records, "test", "rest", 8, image_size=S)
+  assert n == len(records) and len(from_files) == len(from_records)
+  skipped = 0
+  for a, b in zip(from_files, from_records):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+    skipped += int(b["_skipped"].sum())
+  assert skipped == 3
+  it = batchers.train_iterator(records, "test", "hop2", global_batch_size=4, image_size=S, num_threads=1)
+  b = next(it)
+  assert len(set(b["label"][b["_mask"]].tolist())) == 1

@@ -30,7 +30,10 @@ def _log_once(key, msg, *args):
 
 
 class ImageIndex:
-  """Read-only view of an index directory: row -> (path, label); split -> rows."""
+  """Read-only view of an index directory: row -> (path, label); split -> rows.
+
+  `array_record.RecordImages` offers the same rows/labels/read interface over packed records.
+  """
 
   def __init__(self, directory):
     self.directory = pathlib.Path(directory)
@@ -80,6 +83,11 @@ class ImageIndex:
 
   def label(self, row):
     return int(self.cols["labels"][row])
+
+  def read(self, row):
+    """(what `decode_rgb` opens, label, name for logs) of `row`; ArrayRecord readers return bytes."""
+    path = self.path(row)
+    return path, self.label(row), path
 
   def labels(self, rows):
     return np.asarray(self.cols["labels"][rows], np.int32)
@@ -133,7 +141,7 @@ def _preprocess_fn(name, image_size):
 
 
 class LoadImage(grain.transforms.Map):
-  """{'row'} or {'jpeg', 'label'} -> {'image' float32 [S, S, 3], 'label' int32, '_mask', '_skipped'}.
+  """{'row'} -> {'image' float32 [S, S, 3], 'label' int32, '_mask', '_skipped'} via `index.read(row)`.
 
   Rows < 0 are padding (`_mask` False). Undecodable files give a zero image, `_mask` False and
   `_skipped` True; they are logged once per process.
@@ -160,14 +168,8 @@ class LoadImage(grain.transforms.Map):
            "_skipped": np.bool_(False)}
     if row < 0:
       return out
-    if "jpeg" in element:
-      source, label, where = element["jpeg"], int(element["label"]), element.get("path", f"record {row}")
-    else:
-      source = where = self.index.path(row)
-      label = self.index.label(row)
+    source, label, where = self.index.read(row)
     out["label"] = np.int32(label)
-    if isinstance(where, bytes):
-      where = where.decode("utf-8", "replace")
     try:
       img, kind = images.decode_rgb(source)
     except (images.CorruptImageError, FileNotFoundError) as e:
