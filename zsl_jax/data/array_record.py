@@ -136,6 +136,7 @@ def main(argv=None):
   """python -m zsl_jax.data.array_record --index IDX --split test --classes rest --out DIR"""
   import argparse  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
+  from zsl_jax.data import array_record  # pylint: disable=import-outside-toplevel,import-self
   from zsl_jax.data import imagenet21k  # pylint: disable=import-outside-toplevel
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--index", required=True, help="image index directory written by zsl_jax.tools.make_splits")
@@ -144,7 +145,8 @@ def main(argv=None):
   ap.add_argument("--out", required=True, help="new output directory (TFDS data under OUT/tfds)")
   args = ap.parse_args(argv)
   try:
-    rec = build(imagenet21k.ImageIndex(args.index), args.split, args.classes, args.out)
+    # The builder class must live in the package module, not __main__ (a TFDS requirement).
+    rec = array_record.build(imagenet21k.ImageIndex(args.index), args.split, args.classes, args.out)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
