@@ -169,51 +169,57 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
   tr = scan_class_dirs(roots["ilsvrc_train"], seen, workers, "scan ILSVRC train")
   va = scan_class_dirs(roots["ilsvrc_val"], seen, workers, "scan ILSVRC val")
   un = scan_class_dirs(roots["imagenet21k"], unseen, workers, "scan ImageNet-21K")
+  missing = {"ilsvrc_train": [w for w in seen if tr[w] is None], "ilsvrc_val": [w for w in seen if va[w] is None],
+             "imagenet21k": [w for w in unseen if un[w] is None]}
   empty_val = [w for w in seen if not va[w]]
   if seen and len(empty_val) == len(seen):
     raise UserError(f"no ILSVRC val class folders under {roots['ilsvrc_val']}; the val images must sit in "
                     "<wnid>/ folders (move them with the devkit's ground truth, e.g. valprep.sh)")
 
-  names, lab, root_id, bits = [], [], [], []
+  out_dir.mkdir(parents=True, exist_ok=True)
+  lengths, lab, root_id, bits = [], [], [], []
+  names_file = open(out_dir / "names.bin", "wb")  # Streamed: 13M names never sit in memory as str.
 
   def add(files, wnid, root_key, masks):
-    names.extend(files)
+    encoded = [f.encode("utf-8") for f in files]
+    names_file.write(b"".join(encoded))
+    lengths.append(np.fromiter((len(e) for e in encoded), np.int64, len(encoded)))
     lab.append(np.full(len(files), labels_of[wnid], np.int32))
     root_id.append(np.full(len(files), ROOTS.index(root_key), np.uint8))
     bits.append(masks)
 
   seen_train_bits = _bit("train") | np.uint16(sum(int(_bit(f"ls{k}_train")) for k in LOW_SHOTS))
   seen_val_bits = _bit("val") | _bit("test") | _bit("ls_val") | _bit("ls_test")
-  for w in seen:
-    files = tr[w] or []
-    add(files, w, "ilsvrc_train", np.full(len(files), seen_train_bits, np.uint16))
-    files = va[w] or []
-    add(files, w, "ilsvrc_val", np.full(len(files), seen_val_bits, np.uint16))
-  for w in unseen:
-    files = un[w] or []
-    n = len(files)
-    m = np.full(n, _bit("test"), np.uint16)
-    zsl_val = _rng(seed, 0, w).permutation(n)[:N_VAL]  # All images when n <= N_VAL, as the reference.
-    m[zsl_val] |= _bit("val")
-    m[np.setdiff1d(np.arange(n), zsl_val)] |= _bit("train")
-    order = _rng(seed, 1, w).permutation(n)
-    reserved, remainder = order[:N_RESERVED], order[N_RESERVED:]
-    for k in LOW_SHOTS:
-      m[reserved[:k]] |= _bit(f"ls{k}_train")
-    m[remainder] |= _bit("ls_test")
-    m[remainder[:N_VAL]] |= _bit("ls_val")
-    add(files, w, "imagenet21k", m)
+  with names_file:
+    for w in seen:
+      files = tr.pop(w) or []
+      add(files, w, "ilsvrc_train", np.full(len(files), seen_train_bits, np.uint16))
+      files = va.pop(w) or []
+      add(files, w, "ilsvrc_val", np.full(len(files), seen_val_bits, np.uint16))
+    for w in unseen:
+      files = un.pop(w) or []
+      n = len(files)
+      m = np.full(n, _bit("test"), np.uint16)
+      zsl_val = _rng(seed, 0, w).permutation(n)[:N_VAL]  # All images when n <= N_VAL, as the reference.
+      m[zsl_val] |= _bit("val")
+      m[np.setdiff1d(np.arange(n), zsl_val)] |= _bit("train")
+      order = _rng(seed, 1, w).permutation(n)
+      reserved, remainder = order[:N_RESERVED], order[N_RESERVED:]
+      for k in LOW_SHOTS:
+        m[reserved[:k]] |= _bit(f"ls{k}_train")
+      m[remainder] |= _bit("ls_test")
+      m[remainder[:N_VAL]] |= _bit("ls_val")
+      add(files, w, "imagenet21k", m)
 
-  out_dir.mkdir(parents=True, exist_ok=True)
-  encoded = [n.encode("utf-8") for n in names]
-  offsets = np.zeros(len(encoded) + 1, np.int64)
-  np.cumsum([len(e) for e in encoded], out=offsets[1:])
-  (out_dir / "names.bin").write_bytes(b"".join(encoded))
+  cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)
+  lengths = cat(lengths, np.int64)
+  offsets = np.zeros(len(lengths) + 1, np.int64)
+  np.cumsum(lengths, out=offsets[1:])
   np.save(out_dir / "offsets.npy", offsets)
-  labels = np.concatenate(lab) if lab else np.zeros(0, np.int32)
+  labels = cat(lab, np.int32)
   np.save(out_dir / "labels.npy", labels)
-  np.save(out_dir / "roots.npy", np.concatenate(root_id) if root_id else np.zeros(0, np.uint8))
-  masks = np.concatenate(bits) if bits else np.zeros(0, np.uint16)
+  np.save(out_dir / "roots.npy", cat(root_id, np.uint8))
+  masks = cat(bits, np.uint16)
   np.save(out_dir / "splits.npy", masks)
 
   seen_idx = set(labels_of[w] for w in seen)
@@ -228,9 +234,7 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
       "format": INDEX_FORMAT, "seed": int(seed), "roots": {k: str(pathlib.Path(roots[k]).resolve()) for k in ROOTS},
       "root_names": list(ROOTS), "split_bits": list(SPLIT_BITS), "n_val": N_VAL, "n_reserved": N_RESERVED,
       "hierarchy_wnids": list(hierarchy.wnids), "class_splits": splits, "num_images": int(len(labels)),
-      "missing_class_dirs": {"ilsvrc_train": [w for w in seen if tr[w] is None],
-                             "ilsvrc_val": [w for w in seen if va[w] is None],
-                             "imagenet21k": [w for w in unseen if un[w] is None]},
+      "missing_class_dirs": missing, "hierarchy_stats": hierarchy.stats(),
       "counts": counts,
   }
   (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
