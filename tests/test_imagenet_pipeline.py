@@ -96,6 +96,8 @@ def test_class_pure_batches_one_class_each_uniform_visits_and_padding(demo):
   assert sorted(counts) == sorted(h.indices(index.class_list("train")).tolist())
   assert set(counts.values()) == {2}  # 18 classes x 2 cycles: every class twice
   assert batchers.steps_per_epoch(index.labels(index.rows("train", "train")), 8) == 17 * 2 + 1
+  assert batchers.steps_for_epochs(index, 2, global_batch_size=8) == 70
+  assert batchers.steps_for_epochs(index, 1, global_batch_size=8, batcher="shuffled") == (17 * 10 + 3) // 8
 
 
 def test_class_pure_hosts_share_the_class_and_split_its_images(demo):
@@ -181,3 +183,23 @@ def test_array_record_copy_reads_back_through_grain(demo, tmp_path):
   it = batchers.train_iterator(records, "test", "hop2", global_batch_size=4, image_size=S, num_threads=1)
   b = next(it)
   assert len(set(b["label"][b["_mask"]].tolist())) == 1
+
+
+def test_iterator_state_round_trips_through_orbax(demo, tmp_path):
+  """The engine's path: grain.checkpoint.CheckpointSave inside an Orbax CheckpointManager."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  index, _ = demo
+  make = lambda: batchers.train_iterator(index, global_batch_size=8, batcher="shuffled", seed=2, image_size=S,
+                                         num_threads=1)
+  it = make()
+  for _ in range(4):
+    next(it)
+  mngr = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",))
+  mngr.save(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  mngr.wait_until_finished()
+  want = next(it)
+  it2 = make()
+  mngr.restore(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(it2)))
+  got = next(it2)
+  for k in want:
+    np.testing.assert_array_equal(want[k], got[k])

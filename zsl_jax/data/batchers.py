@@ -99,6 +99,12 @@ def steps_per_epoch(labels, global_batch_size, batcher="class_pure"):
   return int(np.ceil(counts / global_batch_size).sum())
 
 
+def steps_for_epochs(index, epochs, split="train", classes="train", *, global_batch_size, batcher="class_pure"):
+  """Configs state epochs; the engine counts steps. Rounds to at least one step."""
+  per_epoch = steps_per_epoch(index.labels(index.rows(split, classes)), global_batch_size, batcher)
+  return max(1, int(round(epochs * per_epoch)))
+
+
 def train_dataset(index, split="train", classes="train", *, global_batch_size, batcher="class_pure", seed=0,
                   image_size=224, preprocess="clip", num_steps=None, process_index=None, process_count=None):
   """MapDataset of process-local batches {'image' [b, S, S, 3] f32, 'label' [b] i32, '_mask' [b], '_skipped' [b]}.
