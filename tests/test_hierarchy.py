@@ -161,3 +161,19 @@ def test_demo_tree_is_real_wordnet(wn, tmp_path):
   for h in (hw, hx):
     got = {w: (h.wnids[h.parents[i][0]] if h.parents[i] else None) for i, w in enumerate(h.wnids)}
     assert got == want and h.stats()["nodes_per_depth"] == [3, 9, 27]
+
+
+def test_build_hierarchy_cli(tmp_path, capsys):
+  p = synthetic_imagenet.make_demo(tmp_path / "demo", train_per_class=1, val_per_class=1, images_per_class=1,
+                                   image_size=16)
+  common = ["--testsets", p["testsets"], "--winter21", p["winter21"], "--p_list", p["p_list"]]
+  assert build_hierarchy.main(["--source", "imagenet_xml", "--out", str(tmp_path / "h")] + common) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "--xml" in err[0]
+  assert build_hierarchy.main(["--source", "imagenet_xml", "--xml", p["xml"], "--names", "xml",
+                               "--out", str(tmp_path / "h")] + common) == 0
+  assert "train 18, rest 21, all 39, hop2 9, hop3 18, hop3_pure 9, p_train 18, p_rest 18" in capsys.readouterr().out
+  h = graph.Hierarchy.load(tmp_path / "h" / "hierarchy.json")
+  assert h.stats()["nodes_per_depth"] == [3, 9, 27] and h.names[:2] == ["dog", "working dog"]
+  cs = json.loads((tmp_path / "h" / "class_splits.json").read_text())
+  assert cs["counts"]["all"] == 39 and cs["train"] == p["seen"]

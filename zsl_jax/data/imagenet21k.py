@@ -195,3 +195,11 @@ def eval_dataset(index, split, classes, global_batch_size, *, image_size=224, pr
   ds = grain.MapDataset.source(RowSource(rows)).map(LoadImage(index, image_size, preprocess))
   return pipeline.padded_eval_dataset(ds, global_batch_size, process_index=process_index,
                                       process_count=process_count, zero_on_pad=("_skipped",)), len(rows)
+
+
+def eval_iterator(batches, *, num_threads=8, prefetch_buffer_size=4, num_workers=0):
+  """Iterates `eval_dataset` batches with decode threads and optional grain worker processes."""
+  it_ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it_ds)

@@ -223,13 +223,18 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
   np.save(out_dir / "splits.npy", masks)
 
   seen_idx = set(labels_of[w] for w in seen)
-  counts = {}
+  counts = {}  # Per instance split: images and classes, seen and unseen.
   is_seen = np.isin(labels, sorted(seen_idx))
   for name in SPLIT_BITS:
     sel = (masks & _bit(name)) != 0
     counts[name] = {"seen_images": int((sel & is_seen).sum()), "unseen_images": int((sel & ~is_seen).sum()),
                     "seen_classes": int(len(np.unique(labels[sel & is_seen]))),
                     "unseen_classes": int(len(np.unique(labels[sel & ~is_seen])))}
+  # Images of the class-restricted benchmarks (21K-P, 2-hop, 3-hop) per instance split.
+  for cname in ("p_train", "p_rest", "hop2", "hop3", "hop3_pure"):
+    if cname in splits:
+      keep = np.isin(labels, hierarchy.indices([w for w in splits[cname] if w in hierarchy.index]))
+      counts[f"{cname}_images"] = {name: int((((masks & _bit(name)) != 0) & keep).sum()) for name in ("train", "val", "test")}
   meta = {
       "format": INDEX_FORMAT, "seed": int(seed), "roots": {k: str(pathlib.Path(roots[k]).resolve()) for k in ROOTS},
       "root_names": list(ROOTS), "split_bits": list(SPLIT_BITS), "n_val": N_VAL, "n_reserved": N_RESERVED,

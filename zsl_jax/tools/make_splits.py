@@ -37,6 +37,9 @@ def report(meta):
            + ", ".join(f"{k} {len(v):,}" for k, v in cs.items())]
   lines.append(f"{'split':<10} {'seen cls':>9} {'seen img':>11} {'unseen cls':>11} {'unseen img':>12}")
   for name, c in meta["counts"].items():
+    if name.endswith("_images"):
+      lines.append(f"{name[:-7]:<10} images: " + ", ".join(f"{k} {v:,}" for k, v in c.items()))
+      continue
     lines.append(f"{name:<10} {c['seen_classes']:>9,} {c['seen_images']:>11,} {c['unseen_classes']:>11,} "
                  f"{c['unseen_images']:>12,}")
   missing = {k: len(v) for k, v in meta["missing_class_dirs"].items() if v}
