@@ -72,9 +72,11 @@ class Graph:
     # Kept nodes with no kept ancestor still hang off the root (reference: ≈170 at depth 0).
     out = Graph(edges)
     out.words, out.missing = self.words, self.missing
-    for u in self.children:
+    for u in self.children:  # Unreachable only in malformed input; never lose a class.
       if u in keep and u != ROOT and u not in out:
+        out.children[ROOT].append(u)
         out.children[u] = []
+        out.parents[u].append(ROOT)
     return out
 
   def save_edges(self, path):

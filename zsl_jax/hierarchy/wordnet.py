@@ -8,7 +8,6 @@ WordNet hierarchy source need exactly that version. It comes from nltk's downloa
 data path. So a Debian-style directory is copied once into a private nltk data root under
 ~/.cache/zsl_jax together with the `lexnames` table shipped in `zsl_jax/resources`.
 """
-import functools
 import os
 import pathlib
 import shutil
@@ -98,11 +97,24 @@ def _reader_class():
   return _EnglishReader
 
 
-@functools.lru_cache(maxsize=None)
+_READERS = {}  # str(source) -> reader: loading takes seconds, so once per process.
+
+
 def _load(source):
+  key = str(source)
+  if key not in _READERS:
+    _READERS[key] = _open(source)
+  return _READERS[key]
+
+
+def _open(source):
   import nltk  # pylint: disable=import-outside-toplevel
   if isinstance(source, pathlib.Path):
-    root = source if (source / "lexnames").is_file() else _private_copy(source)
+    try:
+      root = source if (source / "lexnames").is_file() else _private_copy(source)
+    except OSError as e:
+      raise UserError(f"cannot copy WordNet from {source} into {_cache_root()} ({e}); make ~/.cache writable "
+                      "(or set XDG_CACHE_HOME), or point $ZSL_JAX_WORDNET at an nltk-style wordnet directory") from e
     if str(root) not in nltk.data.path:  # nltk 3.10's sandbox: the corpus root must be on its path.
       nltk.data.path.insert(0, str(root))
     source = str(root)
