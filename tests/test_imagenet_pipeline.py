@@ -203,3 +203,13 @@ def test_iterator_state_round_trips_through_orbax(demo, tmp_path):
   got = next(it2)
   for k in want:
     np.testing.assert_array_equal(want[k], got[k])
+
+
+def test_reference_loader_emulation_repeats_the_first_chunk():
+  labels = np.repeat([7, 3, 5], [1100, 300, 512 * 14])
+  rows = np.arange(len(labels))
+  got = imagenet21k.reference_loader_rows(rows, labels)
+  # Class 7: 3 batches, all its first 512 images; class 3: one batch; class 5: 14 batches (2 chunks).
+  want = [np.tile(np.arange(512), 3), np.arange(1100, 1400),
+          np.concatenate([np.tile(np.arange(1400, 1912), 12), np.tile(np.arange(1912, 2424), 2)])]
+  np.testing.assert_array_equal(got, np.concatenate(want))

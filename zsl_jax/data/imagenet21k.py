@@ -9,6 +9,7 @@ CMYK/greyscale/PNG-behind-.JPEG files are converted and logged once.
 import dataclasses
 import json
 import logging
+import math
 import pathlib
 
 import grain
@@ -183,15 +184,39 @@ class LoadImage(grain.transforms.Map):
     return out
 
 
+def reference_loader_rows(rows, labels, batch_size=512, num_workers=12):
+  """The rows the reference test loader actually scores (hgr_net.md §4.4), repeats included.
+
+  The reference serves a class's batches j = 0..nb-1 (nb = ceil(n / 512)) from `num_workers`
+  worker copies of per-class iterators; a copy advances only when its worker serves that class,
+  so batch j shows chunk j // num_workers of the class's images: classes with <= 12 batches
+  score their first 512 images nb times and never the rest. Images keep index (sorted) order,
+  where the reference used os.listdir order. For comparison runs only.
+  """
+  rows, labels = np.asarray(rows), np.asarray(labels)
+  out = []
+  for c in dict.fromkeys(labels.tolist()):  # Classes in sequence, as the reference.
+    r = rows[labels == c]
+    for j in range(math.ceil(len(r) / batch_size)):
+      k = j // num_workers
+      out.append(r[k * batch_size:(k + 1) * batch_size])
+  return np.concatenate(out) if out else rows[:0]
+
+
 def eval_dataset(index, split, classes, global_batch_size, *, image_size=224, preprocess="clip",
-                 process_index=None, process_count=None):
+                 process_index=None, process_count=None, emulate_reference_loader=False):
   """Exact evaluation batches: every image once over all hosts, padded and masked.
+
+  `emulate_reference_loader=True` instead scores the reference's duplicated subset
+  (`reference_loader_rows`; hgr_net.md §8 decision 5), to compare with published numbers.
 
   Returns:
     (MapDataset of batches {'image' [b, S, S, 3], 'label' [b], '_mask' [b], '_skipped' [b]},
     number of images). Summing `_skipped` over batches (and hosts) counts undecodable files.
   """
   rows = index.rows(split, classes)
+  if emulate_reference_loader:
+    rows = reference_loader_rows(rows, index.labels(rows))
   ds = grain.MapDataset.source(RowSource(rows)).map(LoadImage(index, image_size, preprocess))
   return pipeline.padded_eval_dataset(ds, global_batch_size, process_index=process_index,
                                       process_count=process_count, zero_on_pad=("_skipped",)), len(rows)
