@@ -47,6 +47,11 @@ def test_missing_wordnet_names_both_remedies(tmp_path, monkeypatch):
   monkeypatch.setenv(wordnet.ENV_VAR, str(tmp_path))
   with pytest.raises(UserError, match="ZSL_JAX_WORDNET"):
     wordnet.find_wordnet()
+  monkeypatch.delenv(wordnet.ENV_VAR)
+  monkeypatch.setattr(wordnet, "DEBIAN_DIR", str(tmp_path / "none"))
+  monkeypatch.setattr(wordnet, "_nltk_wordnet", lambda: None)
+  with pytest.raises(UserError, match="WordNet 3.0 not found.*apt-get install wordnet-base"):
+    wordnet.find_wordnet()
 
 
 _XML = """<?xml version="1.0" encoding="utf-8"?>
