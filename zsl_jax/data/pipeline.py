@@ -47,6 +47,7 @@ class _PaddedSlice:
   dataset: grain.MapDataset
   start: int
   stop: int
+  zero_on_pad: tuple = ()
 
   def __call__(self, i):
     n = self.stop - self.start
@@ -54,16 +55,21 @@ class _PaddedSlice:
       raise IndexError("empty host slice has no example to pad with")
     example = dict(self.dataset[self.start + min(i, n - 1)])
     example[MASK_KEY] = np.bool_(bool(example.get(MASK_KEY, True)) and i < n)
+    if i >= n:  # Per-example counters (e.g. `_skipped`) must not count the repeated example twice.
+      for k in self.zero_on_pad:
+        example[k] = np.zeros_like(example[k])
     return example
 
 
-def padded_eval_dataset(dataset, global_batch_size, *, process_index=None, process_count=None):
+def padded_eval_dataset(dataset, global_batch_size, *, process_index=None, process_count=None, zero_on_pad=()):
   """Batches a MapDataset of dict examples for exact evaluation on this host.
 
   Args:
     dataset: `grain.MapDataset` of dicts (already decoded/preprocessed, or lazily mapped). An
       example may itself set `_mask` False (e.g. an undecodable image) to be excluded.
     global_batch_size: summed over hosts; must divide by the process count.
+    zero_on_pad: keys zeroed in padding examples (counters such as `_skipped` that a sum over
+      batches must count once).
   Returns:
     `grain.MapDataset` of stacked batches [local_batch, ...] with a boolean `_mask`; every host
     yields the same number of batches, and over all hosts each example appears unmasked once.
@@ -74,10 +80,10 @@ def padded_eval_dataset(dataset, global_batch_size, *, process_index=None, proce
   start, stop, padded = eval_host_range(n, local, index, count)
   if stop == start:  # A host with no examples still runs its batches, all masked.
     start, stop = max(n - 1, 0), n
-    view = _PaddedSlice(dataset, start, stop)
-    rows = grain.MapDataset.range(padded).map(lambda i: {**view(i), MASK_KEY: np.bool_(False)})
+    view = _PaddedSlice(dataset, start, stop, tuple(zero_on_pad))
+    rows = grain.MapDataset.range(padded).map(lambda i: {**view(i + 1), MASK_KEY: np.bool_(False)})
   else:
-    rows = grain.MapDataset.range(padded).map(_PaddedSlice(dataset, start, stop))
+    rows = grain.MapDataset.range(padded).map(_PaddedSlice(dataset, start, stop, tuple(zero_on_pad)))
   return rows.batch(local, drop_remainder=True)
 
 

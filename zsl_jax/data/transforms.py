@@ -42,8 +42,12 @@ def center_crop(img, size):
 
 def normalize(img, mean, std):
   """PIL RGB -> float32 [H, W, 3] with (x / 255 - mean) / std (NHWC, the layout JAX convs want)."""
-  x = np.asarray(img, dtype=np.float32) / 255.0
-  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  # uint8 view first: PIL -> float32 directly is ~10x slower; in-place ops give the same bits.
+  x = np.asarray(img).astype(np.float32)
+  x /= np.float32(255.0)
+  x -= np.asarray(mean, np.float32)
+  x /= np.asarray(std, np.float32)
+  return x
 
 
 def clip_preprocess(img, size=224):
