@@ -95,14 +95,18 @@ def _demo_names(rng, dataset, num_attributes, word_vector_dir, w2v_dim):
   return names, rng.standard_normal((num_attributes, w2v_dim))
 
 
-def make_demo(out_dir, dataset="AWA2", *, num_classes=12, num_unseen=4, num_val_classes=2, num_attributes=24,
+def make_demo(out_dir, dataset="AWA2", *, num_classes=20, num_unseen=5, num_val_classes=3, num_attributes=24,
               feature_dim=64, grid=7, images_per_class=30, test_seen_fraction=0.2, attribute_density=0.3,
-              noise=0.15, w2v_dim=300, word_vector_dir=None, seed=0):
+              noise=0.1, w2v_dim=300, word_vector_dir=None, seed=0):
   """Writes a demo benchmark in the real file formats; returns a dict of the written paths.
 
   Files: `att_splits.mat`, `res101.mat` (labels, image_files, pooled features), the DAZLE-layout
   `feature_map_ResNet_101_<DS>.hdf5` (feature_map [N, feature_dim, grid, grid] float32, gzip),
   `<DS>_attribute.pkl` (word vectors) and `<DS>_new_des.csv` (attribute names).
+
+  The defaults (20 classes: 15 seen, 5 unseen; 24 attributes; 600 images of 49 x 64 features;
+  ~0.3 s to build) are sized so that a ridge probe on max-pooled features already recognises
+  unseen classes at 0.85-1.0 accuracy (chance 0.2) while the task still needs the attributes.
 
   Args:
     word_vector_dir: a folder with DAZLE's `<DS>_attribute.pkl` and `<DS>_new_des.csv`; when given,
