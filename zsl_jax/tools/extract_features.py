@@ -84,23 +84,22 @@ def _open_output(path, n, feat_shape, meta, attrs):
   if not os.path.exists(path):
     _create_output(path, n, feat_shape, meta, attrs)
   try:
-    f = h5py.File(path, "r+")
+    with h5py.File(path, "r") as f:  # Inspect read-only: a finished file is never opened for writing.
+      fits = "feature_map" in f and tuple(f["feature_map"].shape) == (n,) + feat_shape
+      unfinished = _DONE in f
+      stored = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
   except OSError as e:
     raise UserError(f"{path} exists but is not a readable hdf5 file ({e}); move it away or choose another --out") from e
-  if "feature_map" not in f or tuple(f["feature_map"].shape) != (n,) + feat_shape:
-    f.close()
-    raise UserError(f"{path} exists and is not a {n} x {feat_shape} feature file of this run; move it away or "
-                    f"choose another --out")
-  if _DONE not in f:
-    f.close()
-    return None
-  stored = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
   diff = [k for k in attrs if str(stored.get(k)) != str(attrs[k])]
-  if diff:
-    f.close()
+  if unfinished and diff:
     raise UserError(f"{path} is an unfinished extraction with different settings ({', '.join(diff)}); re-run with "
                     f"the original arguments, or delete it to start over")
-  return f
+  if not fits:
+    raise UserError(f"{path} exists and is not a {n} x {feat_shape} feature file of this run; move it away or "
+                    f"choose another --out")
+  if not unfinished:
+    return None
+  return h5py.File(path, "r+")
 
 
 def _write_rows(f, indices, feats):
@@ -158,6 +157,7 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
   from zsl_jax.models.resnet import ResNet  # pylint: disable=import-outside-toplevel
 
   dataset = zb.check_dataset_name(dataset)
+  images, xlsa17, weights, out = (os.fspath(p) for p in (images, xlsa17, weights, out))
   if resolution % 32 or resolution < 32:
     raise UserError(f"--resolution {resolution} must be a positive multiple of 32 (224 -> 7x7, 448 -> 14x14 regions)")
   if dtype not in ("float32", "bfloat16"):
