@@ -216,3 +216,38 @@ def make_demo_images(out_dir, dataset="AWA2", *, num_classes=4, num_unseen=1, im
   _write_att_splits(out["att_splits"], present * rng.uniform(50, 100, present.shape), class_names, locs)
   _write_res101(out["res101"], labels, stored, np.zeros((2048, labels.size)))
   return out
+
+
+def main(argv=None):
+  """`python -m zsl_jax.data.synthetic_zsl --out DIR [--dataset AWA2] [--images]`: writes demo files."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  p = argparse.ArgumentParser(prog="python -m zsl_jax.data.synthetic_zsl", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", required=True, help="output folder")
+  p.add_argument("--dataset", default="AWA2", help="AWA2, CUB or SUN: file names and image-path layout")
+  p.add_argument("--feature-dim", type=int, default=64, help="region feature size F (ResNet-101 has 2048)")
+  p.add_argument("--word-vector-dir", default=None, help="folder with DAZLE's <DS>_attribute.pkl and "
+                 "<DS>_new_des.csv, to use real attribute names and vectors")
+  p.add_argument("--images", action="store_true", help="instead write a tiny JPEG set + res101.mat/att_splits.mat "
+                 "for trying zsl_jax.tools.extract_features")
+  p.add_argument("--seed", type=int, default=0, help="random seed")
+  args = p.parse_args(argv)
+  from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+  try:
+    if args.images:
+      out = make_demo_images(args.out, args.dataset, seed=args.seed)
+      out = {k: out[k] for k in ("images", "att_splits", "res101")}
+    else:
+      out = make_demo(args.out, args.dataset, feature_dim=args.feature_dim, word_vector_dir=args.word_vector_dir,
+                      seed=args.seed)
+  except UserError as e:
+    import sys  # pylint: disable=import-outside-toplevel
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  for key, path in out.items():
+    print(f"{key}: {path}")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

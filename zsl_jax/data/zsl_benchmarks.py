@@ -236,8 +236,11 @@ class RegionFeatureSource:
                       f"and the label file belong to different datasets")
     self.feature_dim = int(shape[1])
     self.num_regions = int(np.prod(shape[2:]))
-    if in_memory:
-      self._memory = self.get_batch(np.arange(len(self)))
+    if in_memory:  # One sequential read; [N, F, h, w] -> [N, R, F].
+      raw = np.asarray(self._dataset()[()], np.float32).reshape(len(self), self.feature_dim, self.num_regions)
+      self._memory = np.ascontiguousarray(raw.transpose(0, 2, 1))
+      self._file.close()
+      self._file = None
 
   def __len__(self):
     return int(self.labels.size)
@@ -261,7 +264,12 @@ class RegionFeatureSource:
       return self._memory[indices]
     order = np.argsort(indices, kind="stable")
     uniq, inverse = np.unique(indices[order], return_inverse=True)
-    rows = self._dataset()[uniq] if uniq.size else np.zeros((0, self.feature_dim, self.num_regions), np.float32)
+    if uniq.size and uniq[-1] - uniq[0] + 1 == uniq.size:  # Contiguous rows: a slice reads much faster.
+      rows = self._dataset()[int(uniq[0]):int(uniq[-1]) + 1]
+    elif uniq.size:
+      rows = self._dataset()[uniq]
+    else:
+      rows = np.zeros((0, self.feature_dim, self.num_regions), np.float32)
     rows = np.asarray(rows, np.float32).reshape(uniq.size, self.feature_dim, self.num_regions)
     out = np.empty((indices.size, self.num_regions, self.feature_dim), np.float32)
     out[order] = rows[inverse].transpose(0, 2, 1)

@@ -1,4 +1,4 @@
-"""ResNet region features for AWA2/CUB/SUN into a DAZLE-layout hdf5, resumable.
+r"""ResNet region features for AWA2/CUB/SUN into a DAZLE-layout hdf5, resumable.
 
   python -m zsl_jax.tools.extract_features --dataset AWA2 --images data/AWA2 \
       --xlsa17 data/xlsa17/data/AWA2 --weights resnet101-63fe2227.pth \
@@ -259,7 +259,7 @@ def _finish(f, pending, stats, bar):
 
 
 def _parser():
-  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.extract_features", description=__doc__.split("\n\n")[1],
+  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.extract_features", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--dataset", required=True, help="AWA2, CUB or SUN (decides the image-path prefix rule)")
   p.add_argument("--images", required=True, help="image root: the folder holding Animals_with_Attributes2/ (AWA2), "

@@ -1,4 +1,4 @@
-"""Attribute word vectors for AWA2/CUB/SUN from any word-vector file, DAZLE's pickle format out.
+r"""Attribute word vectors for AWA2/CUB/SUN from any word-vector file, DAZLE's pickle format out.
 
   python -m zsl_jax.tools.word_vectors --dataset CUB --names attribute/CUB/new_des.csv \
       --vectors GoogleNews-vectors-negative300.bin --out CUB_attribute.pkl
@@ -16,7 +16,7 @@ from zsl_jax.errors import UserError
 
 
 def _parser():
-  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.word_vectors", description=__doc__.split("\n\n")[1],
+  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.word_vectors", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--dataset", help="AWA2, CUB or SUN: selects the name-cleaning rules")
   p.add_argument("--names", help="attribute names: DAZLE's *_new_des.csv (cleaned) or the dataset's own "
