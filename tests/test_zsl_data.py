@@ -135,6 +135,10 @@ def test_feature_source_layout_and_modes(demo):
   np.testing.assert_array_equal(mem.features.get_batch(idx), ds.features.get_batch(idx))
   sub = ds.source("test_unseen")
   assert len(sub) == ds.test_unseen.size and sub[0]["index"] == ds.test_unseen[0]
+  assert isinstance(ds.features, grain.sources.RandomAccessDataSource)
+  assert isinstance(sub, grain.sources.RandomAccessDataSource)
+  first = grain.MapDataset.source(sub).batch(8)[0]
+  assert first["features"].shape == (8, 49, 64) and first["label"].dtype == np.int32
 
 
 def test_feature_source_in_grain_workers(demo):

@@ -60,12 +60,12 @@ class _ImageSource:
     return {"image": x, "index": np.int64(self.rows[i]), "ok": np.bool_(ok)}
 
 
-def _create_output(path, n, feat_shape, meta, attrs):
+def _create_output(path, n, feat_shape, meta, attrs, gzip_level):
   import h5py  # pylint: disable=import-outside-toplevel
   tmp = path + ".creating"
   with h5py.File(tmp, "w") as f:
     f.create_dataset("feature_map", shape=(n,) + feat_shape, dtype=np.float32, compression="gzip",
-                     chunks=(1,) + feat_shape)
+                     compression_opts=gzip_level, chunks=(1,) + feat_shape)
     for key, value in meta.items():
       if value is None:
         continue
@@ -78,11 +78,11 @@ def _create_output(path, n, feat_shape, meta, attrs):
   os.replace(tmp, path)  # Only a fully initialised file ever carries the final name.
 
 
-def _open_output(path, n, feat_shape, meta, attrs):
+def _open_output(path, n, feat_shape, meta, attrs, gzip_level):
   """Opens (resume) or creates the output; returns the h5py file or None when already complete."""
   import h5py  # pylint: disable=import-outside-toplevel
   if not os.path.exists(path):
-    _create_output(path, n, feat_shape, meta, attrs)
+    _create_output(path, n, feat_shape, meta, attrs, gzip_level)
   try:
     with h5py.File(path, "r") as f:  # Inspect read-only: a finished file is never opened for writing.
       fits = "feature_map" in f and tuple(f["feature_map"].shape) == (n,) + feat_shape
@@ -142,11 +142,13 @@ def _build_forward(model, variables):
 
 
 def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size=32, w2v=None, skip_missing=False,
-            dtype="float32", num_workers=8, max_images=None, progress=True):
+            dtype="float32", num_workers=8, max_images=None, gzip_level=1, progress=True):
   """Runs (or resumes) one extraction; returns counts {'computed', 'already_done', 'corrupt', 'missing', 'complete'}.
 
   Args:
     max_images: stop after this many new images (split a long extraction over time-limited jobs).
+    gzip_level: 1 writes ~2x faster than h5py's default 4 for a ~5% larger file (rows are
+      compressed on the host while the accelerator waits).
   """
   import grain  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
@@ -199,7 +201,7 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
           "val_loc": splits["val_loc"]}
   attrs = {"dataset": dataset, "resolution": resolution, "stage_sizes": str(stage_sizes), "dtype": dtype,
            "weights_sha256": _fingerprint(weights), "num_images": n}
-  f = _open_output(out, n, feat_shape, meta, attrs)
+  f = _open_output(out, n, feat_shape, meta, attrs, gzip_level)
   stats = {"computed": 0, "already_done": n, "corrupt": [], "missing": [], "complete": True}
   if f is None:
     _LOG.info("%s is already complete", out)
@@ -277,6 +279,8 @@ def _parser():
                  "stopping")
   p.add_argument("--max-images", type=int, default=None, help="process at most this many new images, then stop "
                  "(resume later)")
+  p.add_argument("--gzip-level", type=int, default=1, choices=range(10), metavar="0-9",
+                 help="gzip level of feature_map (1: fastest writes; DAZLE used h5py's default 4)")
   p.add_argument("--no-progress", action="store_true", help="no progress bar")
   return p
 
@@ -287,7 +291,8 @@ def main(argv=None):
   try:
     stats = extract(args.dataset, args.images, args.xlsa17, args.weights, args.out, resolution=args.resolution,
                     batch_size=args.batch_size, w2v=args.w2v, skip_missing=args.skip_missing, dtype=args.dtype,
-                    num_workers=args.num_workers, max_images=args.max_images, progress=not args.no_progress)
+                    num_workers=args.num_workers, max_images=args.max_images, gzip_level=args.gzip_level,
+                    progress=not args.no_progress)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
