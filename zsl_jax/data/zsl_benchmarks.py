@@ -445,7 +445,8 @@ def _load_w2v(w2v, num_attributes, what):
   return w2v
 
 
-def _check_locs(name, n, locs):
+def check_locs(name, n, locs):
+  """UserError when a split index points past the N images (split and image files of different datasets)."""
   for key, v in locs.items():
     if v is not None and v.size and v.max() >= n:
       raise UserError(f"{name}: {key} indexes image {v.max()} but there are only {n} images; the split file "
@@ -494,7 +495,7 @@ def load_zsl_dataset(name, *, att_splits=None, res101=None, hdf5=None, w2v=None,
   elif meta is not None:
     labels = meta["labels"]
   if labels is not None:
-    _check_locs(name, labels.size, {k: splits[k] for k in _SPLIT_KEYS + ("train_loc", "val_loc")})
+    check_locs(name, labels.size, {k: splits[k] for k in _SPLIT_KEYS + ("train_loc", "val_loc")})
     if labels.max() >= att.shape[0]:
       raise UserError(f"{name}: label {labels.max()} exceeds the {att.shape[0]} classes of the attribute matrix")
 

@@ -174,7 +174,7 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
   if labels.max() >= num_classes:
     raise UserError(f"res101.mat has label {labels.max() + 1} but att_splits.mat only {num_classes} classes; the two "
                     f"files belong to different datasets")
-  zb._check_locs(dataset, n, {k: splits[k] for k in ("trainval_loc", "test_seen_loc", "test_unseen_loc")})  # pylint: disable=protected-access
+  zb.check_locs(dataset, n, {k: splits[k] for k in ("trainval_loc", "test_seen_loc", "test_unseen_loc")})
   w2v_arr = None
   if w2v is not None:
     w2v_arr = word_vectors.load_vector_array(w2v)
