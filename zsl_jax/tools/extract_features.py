@@ -285,9 +285,20 @@ def _parser():
   return p
 
 
+def _interrupt_on_sigterm():
+  """Batch schedulers stop jobs with SIGTERM; turning it into KeyboardInterrupt closes the hdf5 cleanly."""
+  import signal  # pylint: disable=import-outside-toplevel
+
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    raise KeyboardInterrupt
+
+  signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv=None):
   args = _parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  _interrupt_on_sigterm()
   try:
     stats = extract(args.dataset, args.images, args.xlsa17, args.weights, args.out, resolution=args.resolution,
                     batch_size=args.batch_size, w2v=args.w2v, skip_missing=args.skip_missing, dtype=args.dtype,
