@@ -54,8 +54,11 @@ def build_evaluators(config, trainer, mesh, workdir):
     if not kind:
       raise UserError(f"config.evals.{name} has no 'type'; name an evaluator module, e.g. type='gzsl'")
     every = int(kwargs.pop("every_steps", 0))
+    at_start = bool(kwargs.pop("at_start", False))
     module = import_by_convention(kind, "evaluators")
-    evaluators[name] = (module.Evaluator(trainer=trainer, mesh=mesh, workdir=workdir, **kwargs), every)
+    evaluator = module.Evaluator(trainer=trainer, mesh=mesh, workdir=workdir, **kwargs)
+    evaluator.at_start = at_start
+    evaluators[name] = (evaluator, every)
   return evaluators
 
 
@@ -273,6 +276,11 @@ class Engine:
     def save(step, st):
       checkpointer.save(step, st, saveable_iter, config_json)
       return step
+
+    if start == 0:  # The untrained (or freshly initialised) model, as a baseline row.
+      for name, (evaluator, every) in evaluators.items():
+        if getattr(evaluator, "at_start", False):
+          self._run_evaluators({name: (evaluator, every)}, state, 0, writer)
 
     pending = None  # (step, device metrics): read one step late so the host never stalls the device.
     try:

@@ -1,7 +1,8 @@
 """Evaluator interface: `config.evals.<name> = dict(type=T, every_steps=N, **kwargs)`.
 
 The engine builds `zsl_jax.evaluators.<T>.Evaluator(trainer=..., mesh=..., workdir=..., **kwargs)`
-(or `<T>.Evaluator` for a dotted module path) and calls `run(state)` every N steps and at the end;
+(or `<T>.Evaluator` for a dotted module path) and calls `run(state)` every N steps and at the end
+(and before the first step with `at_start=True`, a baseline row at step 0);
 the returned {metric: value} dict is written to the metrics stream with `split=<name>`.
 """
 
