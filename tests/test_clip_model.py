@@ -1,6 +1,8 @@
 """Flax CLIP behaviour that needs no torch: tree names, BatchNorm modes, truncation, bf16, the
 zero-shot classifier and its cache, converted-checkpoint save/load. Tiny custom CLIP (the HGR-Net
 demo size) keeps it fast."""
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -78,8 +80,8 @@ def test_tree_follows_torch_names(tiny):
 def test_batchnorm_frozen_by_default_but_affine_trains(tiny, images):
   module = clip_lib.CLIP(tiny.config)
   params, stats = tiny.variables["params"], tiny.variables["batch_stats"]
-  out, updates = module.apply({"params": params, "batch_stats": stats}, images, method=clip_lib.CLIP.encode_image,
-                              mutable=["batch_stats"])
+  out, updates = jax.jit(functools.partial(module.apply, method=clip_lib.CLIP.encode_image, mutable=["batch_stats"]))(
+      {"params": params, "batch_stats": stats}, images)
   jax.tree.map(np.testing.assert_array_equal, updates["batch_stats"], stats)
   np.testing.assert_allclose(out, tiny.encode_image(images), rtol=1e-6, atol=1e-6)
 
@@ -94,7 +96,8 @@ def test_batchnorm_frozen_by_default_but_affine_trains(tiny, images):
 def test_batchnorm_update_option(tiny, images):
   module = clip_lib.CLIP(tiny.config, bn_use_running_average=False)
   v = tiny.variables
-  train_out, updates = module.apply(v, images, method=clip_lib.CLIP.encode_image, mutable=["batch_stats"])
+  train_out, updates = jax.jit(functools.partial(module.apply, method=clip_lib.CLIP.encode_image,
+                                                 mutable=["batch_stats"]))(v, images)
   old, new = v["batch_stats"]["visual"]["bn1"], updates["batch_stats"]["visual"]["bn1"]
   # Running mean moves 10% towards the batch mean (torch momentum 0.1).
   x = np.asarray(jax.lax.conv_general_dilated(images, v["params"]["visual"]["conv1"]["kernel"], (2, 2),
@@ -103,7 +106,7 @@ def test_batchnorm_update_option(tiny, images):
   n = x.size // x.shape[-1]
   np.testing.assert_allclose(new["var"], 0.9 * old["var"] + 0.1 * x.var(axis=(0, 1, 2)) * n / (n - 1),
                              rtol=1e-4, atol=1e-5)
-  eval_out = module.apply(v, images, method=clip_lib.CLIP.encode_image, train=False)
+  eval_out = jax.jit(functools.partial(module.apply, method=clip_lib.CLIP.encode_image, train=False))(v, images)
   np.testing.assert_allclose(eval_out, tiny.encode_image(images), rtol=1e-6, atol=1e-6)
   assert np.abs(np.asarray(train_out) - np.asarray(eval_out)).max() > 1e-3
 
@@ -139,10 +142,12 @@ def test_vit_tower_and_call(images):
   np.testing.assert_allclose(variables["params"]["logit_scale"], np.log(1 / 0.07), rtol=1e-6)
   module = clip_lib.CLIP(TINY_VIT)
   tokens = tokenize(CLASSES)[:, :16]
-  logits_img, logits_txt = module.apply(variables, images, tokens)
+  @jax.jit
+  def run(v):
+    return (module.apply(v, images, tokens), module.apply(v, images, method=clip_lib.CLIP.encode_image),
+            module.apply(v, tokens, method=clip_lib.CLIP.encode_text))
+  (logits_img, logits_txt), img, txt = run(variables)
   assert logits_img.shape == (4, 5) and logits_txt.shape == (5, 4)
-  img = module.apply(variables, images, method=clip_lib.CLIP.encode_image)
-  txt = module.apply(variables, tokens, method=clip_lib.CLIP.encode_text)
   img, txt = img / jnp.linalg.norm(img, axis=-1, keepdims=True), txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
   np.testing.assert_allclose(logits_img, (1 / 0.07) * img @ txt.T, rtol=1e-4, atol=1e-4)
 

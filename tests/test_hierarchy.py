@@ -150,6 +150,8 @@ def test_real_class_split_counts_wordnet_source(shared_data, capsys):
     assert all(a in h.parents[b] for a, b in zip(chain, chain[1:]))
     assert not path or path[0] in h.root_children
   assert len(h.shared_names()) == 1255 and "crane" in h.shared_names()
+  assert h.meta["truncated_names"] == {"n12141167": "st._augustine_grass.n.01"}
+  assert h.names[h.index["n12141167"]] == "st"
   assert "train 999, rest 18,139" in capsys.readouterr().out
 
 

@@ -213,3 +213,26 @@ def test_reference_loader_emulation_repeats_the_first_chunk():
   want = [np.tile(np.arange(512), 3), np.arange(1100, 1400),
           np.concatenate([np.tile(np.arange(1400, 1912), 12), np.tile(np.arange(1912, 2424), 2)])]
   np.testing.assert_array_equal(got, np.concatenate(want))
+
+
+@pytest.mark.torch
+def test_load_image_matches_torchvision_clip_transform(demo):
+  """The decode + preprocess step gives the reference's (torchvision) CLIP input pixels."""
+  from zsl_jax.utils.torch_import import import_torchvision  # pylint: disable=import-outside-toplevel
+  tv = import_torchvision()
+  index, _ = demo
+  tf = tv.transforms.Compose([
+      tv.transforms.Resize(224, interpolation=tv.transforms.InterpolationMode.BICUBIC),
+      tv.transforms.CenterCrop(224), tv.transforms.ToTensor(),
+      tv.transforms.Normalize(transforms.CLIP_MEAN, transforms.CLIP_STD)])
+  load = imagenet21k.LoadImage(index, 224, "clip")
+  rows = index.rows("test", ["n03609397"])  # includes the CMYK, PNG and greyscale files
+  checked = 0
+  for r in rows:
+    out = load.map({"row": r})
+    if not out["_mask"]:
+      continue
+    want = tf(Image.open(index.path(r)).convert("RGB")).numpy().transpose(1, 2, 0)
+    np.testing.assert_allclose(out["image"], want, atol=1e-5)
+    checked += 1
+  assert checked == 6

@@ -49,7 +49,12 @@ def _private_copy(src):
   shutil.copyfile(_LEXNAMES, tmp / "lexnames")
   (tmp / ".zsl_jax_source").write_text(str(src))
   shutil.rmtree(dst, ignore_errors=True)
-  os.replace(tmp, dst)
+  try:
+    os.replace(tmp, dst)
+  except OSError:  # Another process (host sharing $HOME) finished its copy first: use that one.
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not ((dst / "lexnames").is_file() and _is_wordnet_dir(dst)):
+      raise
   return dst
 
 

@@ -44,6 +44,10 @@ def read_state_dict(path):
       return torch.jit.load(path, map_location="cpu").state_dict()
     return torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
+    if "weights_only" in str(e) or "Weights only load failed" in str(e):
+      raise UserError(f"{path} pickles Python objects besides tensors, which are not loaded for safety; "
+                      "re-save just the weights with torch.save(checkpoint['state_dict'], 'clip.pt') in "
+                      "an environment you trust and convert that file") from None
     raise UserError(f"could not read {path} as a torch checkpoint ({type(e).__name__}: {str(e)[:120]}); the "
                     "file is truncated or corrupt, download or copy it again") from None
 

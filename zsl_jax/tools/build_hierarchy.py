@@ -63,6 +63,9 @@ def build(source, testsets, winter21, *, xml=None, universe=None, p_list=None, n
                                                         "universe": str(universe) if universe else None,
                                                         "p_list": str(p_list) if p_list else None},
           "class_counts": splits_lib.split_counts(cs), "skipped_not_in_wordnet": g.missing}
+  if names == "wordnet":  # The reference cuts at the first '.', e.g. st._augustine_grass.n.01 -> 'st'.
+    meta["truncated_names"] = {w: wordnet.synset(wn, w).name() for w in cs["all"]
+                               if wordnet.synset(wn, w).name().count(".") > 2}
   h = graph_lib.Hierarchy.from_graph(g.restrict(cs["all"]), names_fn, meta)
   return h, cs, g
 
@@ -84,6 +87,9 @@ def report(h, cs):
   shared = h.shared_names()
   lines.append(f"{len(shared)} class names are shared by several classes (identical prompts), e.g. "
                + "; ".join(f"{n!r}: {len(ws)}" for n, ws in list(shared.items())[:5]))
+  cut = h.meta.get("truncated_names")
+  if cut:
+    lines.append(f"{len(cut)} names truncated at a '.' by the reference rule: " + ", ".join(f"{w} {n}" for w, n in cut.items()))
   return "\n".join(lines)
 
 
