@@ -82,20 +82,24 @@ def hgr_config(arg=None, **arg_defaults):
   if a.demo:
     # Tiny CLIP from scratch on the embedded 39-class demo (3 subtrees, 18 seen leaves). Every
     # ancestor is an outer anchor (K = M = 1) so the unseen upper levels get trained names.
+    # `random` negatives: with a randomly initialised model, `topk` negatives (always from the
+    # levels above the anchor, never its own level) are satisfied by a constant image embedding,
+    # and the image tower collapses; pretrained CLIP (the paper's setting) does not have this issue.
     c.model.name = "custom"
     c.data.num_threads = 4
     c.batch_size = 24
     c.num_epochs = 0.0
-    c.total_steps = 240
+    c.total_steps = 600
     c.hgr.out_ratio, c.hgr.in_ratio = 1.0, 1.0
     c.hgr.num_negatives = 16
-    c.optim.lr = 2e-3
+    c.hgr.sampler = "random"
+    c.optim.lr = 3e-3
     c.optim.weight_decay = 1e-4
     c.optim.schedule = dict(type="cosine", warmup_steps=20, end_factor=0.05)
     c.optim.groups = (("^hgr/level_theta$", dict(name="sgd", lr=1e-2, weight_decay=0.0, grad_clip_norm=0.0,
                                                  schedule=dict(type="constant"))),)
-    c.checkpoint.every_steps = 80
-    c.log.every_steps = 20
+    c.checkpoint.every_steps = 200
+    c.log.every_steps = 50
     c.evals[a.eval].batch_size = 64
     c.evals[a.eval].at_start = True  # Step-0 row: the untrained model, to compare against.
     c.evals[a.eval].prompt_batch = 64
