@@ -151,14 +151,15 @@ class Engine:
     if ckpt_lib.is_zsl_checkpoint(path):
       restored, step = ckpt_lib.restore_subtree(path, target, step)
       logger.info("initialised params from %s (step %d)", path, step)
-    elif pathlib.Path(str(path)).expanduser().is_dir():
-      raise UserError(f"no zsl_jax checkpoint found under {path}; pass --config.init.checkpoint=<a training "
-                      f"workdir or its checkpoints/<step> folder>")
     else:
-      if not pathlib.Path(str(path)).expanduser().exists():
+      local = pathlib.Path(str(path)).expanduser()
+      if not local.exists():
         raise UserError(f"config.init.checkpoint={path!r} does not exist; give a zsl_jax workdir, "
                         f"a checkpoint step folder or a file the trainer can import")
-      host = self.trainer.load_init(path, {"params": target["params"], **target["model_state"]})
+      host = self.trainer.load_init(str(local), {"params": target["params"], **target["model_state"]})
+      if host is None and local.is_dir():
+        raise UserError(f"no zsl_jax checkpoint found under {path}; pass --config.init.checkpoint=<a training "
+                        f"workdir or its checkpoints/<step> folder>")
       if host is None:
         raise UserError(f"config.init.checkpoint={path!r} is neither a zsl_jax checkpoint nor a file "
                         f"that trainer {self.config.trainer!r} can import")

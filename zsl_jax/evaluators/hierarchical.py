@@ -91,7 +91,8 @@ class Evaluator(base.Evaluator):
     predict = self._predict_fn()
     keep = {"topk": [], "top1": [], "levels": [], "label": []}
     skipped = 0
-    for batch in imagenet21k.eval_iterator(batches, num_threads=self.num_threads):
+    for batch in imagenet21k.eval_iterator(batches, num_threads=self.num_threads,
+                                           prefetch_buffer_size=self.num_threads):
       g = sharding.global_batch({"image": batch["image"], "label": batch["label"],
                                  "mask": batch[pipeline.MASK_KEY], "skipped": batch["_skipped"]}, self.mesh)
       topk, top1, levels = predict(variables, text, g["image"])

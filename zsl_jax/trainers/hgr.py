@@ -154,6 +154,8 @@ class Trainer(base.Trainer):
 
   def load_init(self, path, abstract_variables):
     """OpenAI / open_clip / HGR-Net torch checkpoints or a converted CLIP folder as initial weights."""
+    if pathlib.Path(path).is_dir() and not (pathlib.Path(path) / clip_lib.CONFIG_FILE).exists():
+      return None  # Not a converted CLIP folder (e.g. a workdir without checkpoints).
     loaded = clip_lib.load(path)
     if loaded.config != self.clip_config:
       raise UserError(f"{path} holds CLIP {clip_lib.preset_name(loaded.config)} but the config builds "
