@@ -73,10 +73,11 @@ class _LoadLocal:
             "index": rows.astype(np.int32)}
 
 
-def train_iterator(kind, rows, labels, source, position, batch_size, seed, num_devices=None):
-  """Endless, resumable iterator of local batches for `pipeline`-style global assembly."""
+def train_iterator(kind, rows, labels, source, position, batch_size, seed, num_devices=None, *,
+                   process_index=None, process_count=None):
+  """Endless, resumable iterator of this host's batches (hosts concatenate to the global batch)."""
   indices = BatchIndices(kind, rows, labels, batch_size, seed)
-  index, count = pipeline.process_info()
+  index, count = pipeline.process_info(process_index, process_count)
   if num_devices and indices.size % num_devices:
     raise UserError(f"the {kind} sampler yields batches of {indices.size} (batch_size={batch_size}, "
                     f"{indices.classes.size} classes) which {num_devices} devices cannot split evenly; "
