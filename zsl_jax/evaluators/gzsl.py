@@ -83,6 +83,7 @@ class Evaluator(eval_base.Evaluator):
     s_scores, s_labels = (seen["scores"], position[seen["label"]]) if seen is not None else empty
     u_scores, u_labels = (unseen["scores"], position[unseen["label"]]) if unseen is not None else empty
     out = calibration.gzsl_metrics(s_scores, s_labels, u_scores, u_labels, uni["unseen"])
+    out.update(scored.get("info", {}))  # method-specific diagnostics (e.g. VSMR's transductive flag)
     curve = None
     if len(s_labels) and len(u_labels):
       _, s_curve, u_curve, out["ausuc"] = calibration.stacking_curve(s_scores, s_labels, u_scores, u_labels,

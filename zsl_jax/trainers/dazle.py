@@ -34,12 +34,14 @@ def demo_files(data):
   from zsl_jax.configs_zsl import DEMO  # pylint: disable=import-outside-toplevel
   from zsl_jax.data import synthetic_zsl  # pylint: disable=import-outside-toplevel
   name = zsl_benchmarks.check_dataset_name(data.dataset)
-  folder = pathlib.Path(os.path.expanduser(data.demo_dir)) / f"{name}_seed{data.demo_seed}_v1"
+  sizes = {**DEMO, "num_classes": data.demo_classes, "num_unseen": data.demo_unseen}
+  folder = pathlib.Path(os.path.expanduser(data.demo_dir)) / (
+      f"{name}_c{data.demo_classes}u{data.demo_unseen}_seed{data.demo_seed}_noise{data.demo_noise:g}_v1")
   hdf5 = folder / f"feature_map_ResNet_101_{name}.hdf5"
   if not hdf5.exists():
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.")
-    synthetic_zsl.make_demo(tmp, name, seed=data.demo_seed, **DEMO)
+    synthetic_zsl.make_demo(tmp, name, seed=data.demo_seed, noise=data.demo_noise, **sizes)
     try:
       os.rename(tmp, folder)
     except OSError:  # Another process finished first: use theirs.
