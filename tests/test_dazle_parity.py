@@ -22,9 +22,10 @@ class TorchDAZLE(torch.nn.Module):
   """§1.2-1.4 in torch, float64, official names and flags."""
 
   def __init__(self, w2v, att, seen, unseen, normalize_V, normalize_F, is_bias, uniform_att_1=False,
-               uniform_att_2=False, is_sigmoid=False, non_linear_act=False, lam=0.1, conservative=True):
+               uniform_att_2=False, is_sigmoid=False, non_linear_act=False, lam=0.1, conservative=True, feature_dim=F):
     super().__init__()
     g = torch.Generator().manual_seed(1)
+    D, F, K = w2v.shape[1], feature_dim, att.shape[0]  # pylint: disable=invalid-name,redefined-outer-name
     self.V = torch.nn.Parameter(TF.normalize(torch.tensor(w2v)))
     self.W_1 = torch.nn.Parameter(torch.randn(D, F, generator=g, dtype=torch.float64))
     self.W_2 = torch.nn.Parameter(torch.randn(D, F, generator=g, dtype=torch.float64) * 0.3)
@@ -63,7 +64,7 @@ class TorchDAZLE(torch.nn.Module):
 
   def loss(self, out, labels, kind="CE"):
     Spp = out["S_pp"]
-    onehot = TF.one_hot(labels, K).double()
+    onehot = TF.one_hot(labels, Spp.shape[1]).double()
     if kind == "CE":
       s = Spp - self.mask_bias * self.bias if self.flags["is_bias"] else Spp
       if not self.conservative:

@@ -34,14 +34,16 @@ def demo_files(data):
   from zsl_jax.configs_zsl import DEMO  # pylint: disable=import-outside-toplevel
   from zsl_jax.data import synthetic_zsl  # pylint: disable=import-outside-toplevel
   name = zsl_benchmarks.check_dataset_name(data.dataset)
-  sizes = {**DEMO, "num_classes": data.demo_classes, "num_unseen": data.demo_unseen}
+  classes, unseen = data.get("demo_classes", DEMO["num_classes"]), data.get("demo_unseen", DEMO["num_unseen"])
+  noise = data.get("demo_noise", 0.1)
+  sizes = {**DEMO, "num_classes": classes, "num_unseen": unseen}
   folder = pathlib.Path(os.path.expanduser(data.demo_dir)) / (
-      f"{name}_c{data.demo_classes}u{data.demo_unseen}_seed{data.demo_seed}_noise{data.demo_noise:g}_v1")
+      f"{name}_c{classes}u{unseen}_seed{data.demo_seed}_noise{noise:g}_v1")
   hdf5 = folder / f"feature_map_ResNet_101_{name}.hdf5"
   if not hdf5.exists():
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.")
-    synthetic_zsl.make_demo(tmp, name, seed=data.demo_seed, noise=data.demo_noise, **sizes)
+    synthetic_zsl.make_demo(tmp, name, seed=data.demo_seed, noise=noise, **sizes)
     try:
       os.rename(tmp, folder)
     except OSError:  # Another process finished first: use theirs.
