@@ -125,3 +125,32 @@ def test_real_glove_6b_50d(shared_data):
   arr, oov = wv.attribute_vectors(names, vectors)
   assert arr.shape == (312, 50)
   assert [name for _, name, _ in oov] == ["head pattern eyering", "head pattern eyeline"]
+
+
+def test_shipped_vectors_follow_the_cleaned_names_sum_rule(shared_data):
+  """DAZLE's pickles are sums over the words of *our* cleaned names, exactly.
+
+  CUB names share prefixes ("wing color black", "wing color gray" after grey->gray), so the
+  difference of two such rows must equal the difference of the single-word AWA2/SUN rows of the
+  last words. This checks the cleaning rules and the summation against the real vectors.
+  """
+  single = {}
+  rows = {}
+  for name in ("AWA2", "CUB", "SUN"):
+    arr = wv.load_vector_array(shared_data / "dazle_w2v" / f"{name}_attribute.pkl")
+    names = wv.read_attribute_names(shared_data / "dazle_w2v" / f"{name}_new_des.csv", name)
+    rows[name] = dict(zip(names, arr))
+    single.update({n: v for n, v in zip(names, arr) if len(n.split()) == 1 and v.any()})
+  by_prefix = {}
+  for n in rows["CUB"]:
+    *prefix, last = n.split()
+    if last in single:
+      by_prefix.setdefault(" ".join(prefix), []).append(last)
+  checked = 0
+  for prefix, words in by_prefix.items():
+    for a, b in zip(words, words[1:]):
+      got = rows["CUB"][f"{prefix} {a}"] - rows["CUB"][f"{prefix} {b}"]
+      np.testing.assert_allclose(got, single[a] - single[b], atol=1e-6, err_msg=f"{prefix}: {a} vs {b}")
+      checked += 1
+  assert checked >= 100, checked
+  assert "gray" in single and any(n.endswith(" gray") for n in rows["CUB"])

@@ -40,6 +40,14 @@ def test_real_att_splits_and_pickles(shared_data, name):
     ds.split("train")
 
 
+def test_awa2_negative_attributes_clipped_on_request(shared_data):
+  path = shared_data / "xlsa17" / "AWA2" / "att_splits.mat"
+  raw = zb.load_zsl_dataset("AWA2", att_splits=path)
+  clipped = zb.load_zsl_dataset("AWA2", att_splits=path, clip_negative_att=True)
+  assert (raw.att < 0).sum() == 4 and (clipped.att < 0).sum() == 0
+  np.testing.assert_allclose(np.linalg.norm(clipped.att, axis=1), 1.0, atol=1e-6)
+
+
 def test_real_names_and_pickle_details(shared_data):
   raw = pickle.load(open(shared_data / "dazle_w2v" / "SUN_attribute.pkl", "rb"))
   assert raw.dtype == np.float64 and raw.shape == (102, 300)
@@ -133,6 +141,11 @@ def test_feature_source_layout_and_modes(demo):
   np.testing.assert_array_equal(ds.features.get_batch(idx), raw[idx].reshape(4, 64, 49).transpose(0, 2, 1))
   mem = zb.load_zsl_dataset("AWA2", hdf5=demo["hdf5"], in_memory=True)
   np.testing.assert_array_equal(mem.features.get_batch(idx), ds.features.get_batch(idx))
+  norm = zb.load_zsl_dataset("AWA2", hdf5=demo["hdf5"], normalize_features=True)
+  unit = raw[idx].reshape(4, 64, 49).transpose(0, 2, 1)
+  unit = unit / np.linalg.norm(unit, axis=-1, keepdims=True)
+  np.testing.assert_allclose(norm.features.get_batch(idx), unit, rtol=1e-6)
+  np.testing.assert_allclose(norm.features[40]["features"], unit[0], rtol=1e-6)
   sub = ds.source("test_unseen")
   assert len(sub) == ds.test_unseen.size and sub[0]["index"] == ds.test_unseen[0]
   assert isinstance(ds.features, grain.sources.RandomAccessDataSource)

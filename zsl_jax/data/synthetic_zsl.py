@@ -75,9 +75,9 @@ def _write_att_splits(path, att_binary_strength, class_names, locs):
 
 def _write_res101(path, labels, image_files, pooled):
   import scipy.io  # pylint: disable=import-outside-toplevel
-  scipy.io.savemat(path, {"features": pooled, "labels": (np.asarray(labels) + 1).reshape(-1, 1).astype(np.uint8
-                                                                                                        if labels.max() < 255 else np.uint16),
-                          "image_files": _cell(image_files)})
+  labels = np.asarray(labels) + 1  # MATLAB 1-based, uint8/uint16 as in the xlsa17 files
+  labels = labels.reshape(-1, 1).astype(np.uint8 if labels.max() < 256 else np.uint16)
+  scipy.io.savemat(path, {"features": pooled, "labels": labels, "image_files": _cell(image_files)})
 
 
 def _demo_names(rng, dataset, num_attributes, word_vector_dir, w2v_dim):
@@ -125,7 +125,8 @@ def make_demo(out_dir, dataset="AWA2", *, num_classes=20, num_unseen=5, num_val_
   present = _class_attributes(rng, num_classes, num_attributes, attribute_density)  # [K, I]
   strength = present * rng.uniform(50.0, 100.0, present.shape)  # original_att-like, 0..100
   # Non-negative sparse prototype per attribute (ResNet features are post-ReLU).
-  protos = np.abs(rng.standard_normal((num_attributes, feature_dim))) * (rng.random((num_attributes, feature_dim)) < 0.3)
+  shape = (num_attributes, feature_dim)
+  protos = np.abs(rng.standard_normal(shape)) * (rng.random(shape) < 0.3)
   protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-6)  # [I, F]
 
   regions = grid * grid

@@ -218,13 +218,15 @@ class RegionFeatureSource:
   """grain random-access source over a DAZLE hdf5: {'features' [R, F], 'label', 'index'}.
 
   `feature_map` rows are [F, h, w]; they are returned regions-major ([h*w, F], float32) as the
-  models consume them. The file is opened lazily once per process (grain workers fork or spawn,
+  models consume them, optionally L2-normalised per region (DAZLE's `normalize_F`; all-zero
+  regions, e.g. SUN's undecodable images, stay zero). The file is opened lazily once per process (grain workers fork or spawn,
   and h5py handles must not cross processes), so instances pickle cheaply.
   """
 
-  def __init__(self, path, labels, *, in_memory=False, key="feature_map"):
+  def __init__(self, path, labels, *, in_memory=False, normalize=False, key="feature_map"):
     self.path = os.fspath(path)
     self.key = key
+    self.normalize = normalize
     self.labels = np.asarray(labels, np.int32)
     self._file = None
     self._pid = None
@@ -238,7 +240,7 @@ class RegionFeatureSource:
     self.num_regions = int(np.prod(shape[2:]))
     if in_memory:  # One sequential read; [N, F, h, w] -> [N, R, F].
       raw = np.asarray(self._dataset()[()], np.float32).reshape(len(self), self.feature_dim, self.num_regions)
-      self._memory = np.ascontiguousarray(raw.transpose(0, 2, 1))
+      self._memory = self._post(np.ascontiguousarray(raw.transpose(0, 2, 1)))
       self._file.close()
       self._file = None
 
@@ -257,6 +259,11 @@ class RegionFeatureSource:
       self._pid = os.getpid()
     return self._file[self.key]
 
+  def _post(self, feats):  # [..., R, F]
+    if self.normalize:
+      feats = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
+    return feats
+
   def get_batch(self, indices):
     """Features of many rows at once: int array [B] -> float32 [B, R, F] (any order, repeats ok)."""
     indices = np.asarray(indices, np.int64)
@@ -273,14 +280,14 @@ class RegionFeatureSource:
     rows = np.asarray(rows, np.float32).reshape(uniq.size, self.feature_dim, self.num_regions)
     out = np.empty((indices.size, self.num_regions, self.feature_dim), np.float32)
     out[order] = rows[inverse].transpose(0, 2, 1)
-    return out
+    return self._post(out)
 
   def __getitem__(self, index):
     index = int(index)
     if self._memory is not None:
       feats = self._memory[index]
     else:
-      feats = np.asarray(self._dataset()[index], np.float32).reshape(self.feature_dim, -1).T  # [R, F]
+      feats = self._post(np.asarray(self._dataset()[index], np.float32).reshape(self.feature_dim, -1).T)  # [R, F]
     return {"features": np.ascontiguousarray(feats), "label": self.labels[index], "index": np.int32(index)}
 
 
@@ -454,7 +461,8 @@ def check_locs(name, n, locs):
 
 
 def load_zsl_dataset(name, *, att_splits=None, res101=None, hdf5=None, w2v=None, attribute_names=None,
-                     in_memory=False, val_seed=0, val_seen_fraction=0.2, val_class_fraction=None):
+                     in_memory=False, normalize_features=False, clip_negative_att=False, val_seed=0,
+                     val_seen_fraction=0.2, val_class_fraction=None):
   """Builds a `ZSLDataset` from xlsa17 files and/or a DAZLE hdf5.
 
   Args:
@@ -465,6 +473,9 @@ def load_zsl_dataset(name, *, att_splits=None, res101=None, hdf5=None, w2v=None,
     w2v: [I, D] array or a path (.pkl/.npy) overriding the hdf5's `w2v_att`.
     attribute_names: list or a names file (`*_new_des.csv`, predicates.txt, attributes.txt/.mat).
     in_memory: load all region features into RAM (CUB and the demo fit; AWA2 is ~15 GB).
+    normalize_features: L2-normalise each region vector (DAZLE's normalize_F).
+    clip_negative_att: zero negative attribute entries before the row normalisation, as DAZLE's
+      AWA2 loader does (AWA2's att has 4 small negative entries from -1 "unknown" values).
     val_seed, val_seen_fraction, val_class_fraction: the validation split (`validation_split`).
   """
   name = check_dataset_name(name)
@@ -517,7 +528,7 @@ def load_zsl_dataset(name, *, att_splits=None, res101=None, hdf5=None, w2v=None,
 
   ds = ZSLDataset(
       name=name, class_names=list(splits["class_names"]), attribute_names=list(attribute_names),
-      att=_l2_rows(att).astype(np.float32), original_att=np.asarray(splits["original_att"], np.float32),
+      att=_l2_rows(np.maximum(att, 0.0) if clip_negative_att else att).astype(np.float32), original_att=np.asarray(splits["original_att"], np.float32),
       w2v=w2v_arr, trainval=splits["trainval_loc"], test_seen=splits["test_seen_loc"],
       test_unseen=splits["test_unseen_loc"])
   if labels is not None:
@@ -531,6 +542,6 @@ def load_zsl_dataset(name, *, att_splits=None, res101=None, hdf5=None, w2v=None,
         "val_classes"]
     ds.split_source = val["source"]
   if hdf5 is not None:
-    ds.features = RegionFeatureSource(hdf5, ds.labels, in_memory=in_memory)
+    ds.features = RegionFeatureSource(hdf5, ds.labels, in_memory=in_memory, normalize=normalize_features)
   logging.info("%s", ds.summary())
   return ds

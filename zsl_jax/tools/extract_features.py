@@ -189,7 +189,8 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
     raise UserError(f"{int(missing.sum())} of {n} images are missing (first: {first}); complete the image folder, or "
                     f"pass --skip-missing to write zero features for them")
   stage_sizes, variables = resnet_convert.load_torchvision_checkpoint(weights)
-  model = ResNet(stage_sizes=stage_sizes, features_only=True, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+  compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+  model = ResNet(stage_sizes=stage_sizes, features_only=True, dtype=compute)
   resnet_convert.check_variables(model, variables, resolution)
   forward = _build_forward(model, variables)
   out_shape = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((1, resolution, resolution, 3), np.float32))
@@ -223,7 +224,8 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
       source = _ImageSource([paths[i] for i in todo], todo, resolution)
       batches = pipeline.padded_eval_dataset(grain.MapDataset.source(source), batch_size, process_index=0,
                                              process_count=1)
-      batches = batches.to_iter_dataset(grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=max(2, num_workers)))
+      read = grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=max(2, num_workers))
+      batches = batches.to_iter_dataset(read)
       from tqdm import tqdm  # pylint: disable=import-outside-toplevel
       bar = tqdm(total=int(todo.size), desc=f"{dataset} {resolution}px", unit="img", disable=not progress)
       pending = None
@@ -273,7 +275,8 @@ def _parser():
                  "DAZLE's loaders need this key")
   p.add_argument("--resolution", type=int, default=224, help="Resize+CenterCrop size: 224 -> 7x7, 448 -> 14x14 regions")
   p.add_argument("--batch-size", type=int, default=32, help="global batch, a multiple of the device count")
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype (output is float32)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="compute dtype (output is float32)")
   p.add_argument("--num-workers", type=int, default=8, help="image decoding threads")
   p.add_argument("--skip-missing", action="store_true", help="write zero features for missing image files instead of "
                  "stopping")
@@ -285,9 +288,20 @@ def _parser():
   return p
 
 
+def _interrupt_on_sigterm():
+  """Batch schedulers stop jobs with SIGTERM; turning it into KeyboardInterrupt closes the hdf5 cleanly."""
+  import signal  # pylint: disable=import-outside-toplevel
+
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    raise KeyboardInterrupt
+
+  signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv=None):
   args = _parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  _interrupt_on_sigterm()
   try:
     stats = extract(args.dataset, args.images, args.xlsa17, args.weights, args.out, resolution=args.resolution,
                     batch_size=args.batch_size, w2v=args.w2v, skip_missing=args.skip_missing, dtype=args.dtype,
@@ -300,8 +314,8 @@ def main(argv=None):
     print(f"interrupted; finished rows are saved in {args.out}, re-run the same command to resume", file=sys.stderr)
     return 130
   state = "complete" if stats["complete"] else "partial (re-run to continue)"
-  print(f"{args.out}: {state}; computed {stats['computed']} images this run, {stats['already_done']} were already done, "
-        f"{len(stats['corrupt'])} undecodable and {len(stats['missing'])} missing images got zero features")
+  print(f"{args.out}: {state}; computed {stats['computed']} images this run, {stats['already_done']} were already "
+        f"done, {len(stats['corrupt'])} undecodable and {len(stats['missing'])} missing images got zero features")
   return 0
 
 
