@@ -28,9 +28,9 @@ def test_demo_learns_unseen_classes(demo_run):
   for m in METRICS:
     assert m in final and f"selected_{m}" in final
   assert final["selected_on"] == "val"
-  # 5 unseen classes: chance is 0.2 for ZSL accuracy (seeds 0-3 reach 0.34-0.40 here). Without
-  # calibration VSMR predicts seen classes for nearly every GZSL image, as its reference scripts do.
-  assert final["zsl_acc"] > 0.3, final
+  # 5 unseen classes: chance is 0.2 for ZSL accuracy (seed 214: 0.62; seeds 0-3: 0.38-0.57). Without
+  # calibration VSMR predicts mostly seen classes for GZSL images, as its reference scripts do.
+  assert final["zsl_acc"] > 0.35, final
   assert final["gzsl_seen"] > 0.3, final  # 15 seen classes: chance 0.067
   assert final["attr_f1"] > 0.5 and final["transductive"] is False and final["test_masks"] == "predicted"
   assert (work / "plots" / "gzsl_calibration.png").stat().st_size > 1000
@@ -46,3 +46,14 @@ def test_eval_mode_reproduces_metrics(demo_run):
   assert evaluated["step"] == trained["step"]
   for m in METRICS + tuple(f"val_{m}" for m in METRICS):
     assert evaluated[m] == pytest.approx(trained[m], abs=1e-6), m
+
+
+def test_transductive_refinement_is_labelled(demo_run):
+  root, work = demo_run
+  other = root / "eval_transductive"
+  cli.run_main("configs/vsmr_awa2.py:demo", other, f"--config.data.demo_dir={root / 'data'}", "--config.mode=eval",
+               f"--config.init.checkpoint={work}", "--config.vsmr.transductive_refine=True")
+  inductive, transductive = _records(work)[-1], _records(other)[-1]
+  assert transductive["transductive"] is True and inductive["transductive"] is False
+  assert transductive["gzsl_seen"] == pytest.approx(inductive["gzsl_seen"])  # seen prototypes untouched
+  assert transductive["zsl_acc"] != inductive["zsl_acc"]  # unseen prototypes moved

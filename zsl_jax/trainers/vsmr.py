@@ -80,7 +80,7 @@ class Trainer(dazle_trainer.ZSLTrainerBase):
     w = self.config.loss
     l_ps, l_pp, protos, present = vsmr_losses.prototype_losses(out["embedding"], labels, self._train_att.shape[0])
     l_ap, l_ed = vsmr_losses.semantic_losses(out["prototypes"], out["reconstruction"], self._train_att, protos,
-                                             present, self._train_seen)
+                                             present, self._train_seen, w.normalize_targets)
     l_bce = vsmr_losses.attribute_bce(out["attribute_logits"], mask)
     total = w.ps * l_ps + w.pp * l_pp + w.ap * l_ap + w.ed * l_ed + w.bce * l_bce
     mask_acc = jnp.mean((out["attribute_logits"] > 0) == mask)
