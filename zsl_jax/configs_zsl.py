@@ -162,7 +162,7 @@ def vsmr_config(dataset, demo):
     c.model.classifier_pool = "max"
     c.batch_size = 120  # balanced: 12 x 10 (select_on=val) or 15 x 8 (test_reference)
     c.total_steps = 300
-    c.optim.lr = 1e-2
+    c.optim.lr = 1e-2 * (1.0 - r["momentum"])  # same effective step with the recipe's momentum
     c.optim.groups = (("^attr_classifier/", dict(lr=1e-2, momentum=0.9)),
                       ("^(encoder|decoder)/", dict(name="adam", lr=3e-3, weight_decay=0.0)))
     c.evals.gzsl = gzsl_eval(every_steps=30, batch_size=64)
