@@ -120,13 +120,13 @@ def dazle_config(dataset, demo):
 
 # VSMR (dazle_vsmr.md §5.3-5.5): AWA2 from AWA2_ours.py; CUB from CUB50_ours.py (a 50-class subset
 # in the reference; here the full PS split); SUN has no reference script: AWA2's settings with
-# momentum 0.9 and CUB's encoder size (our choice).
+# CUB's encoder size and top-k (our choice).
 VSMR_RECIPES = {
     "AWA2": dict(steps=470, momentum=0.0, normalize_V=True, trainable_w2v=True, hidden=1850, top_k=30,
                  classifier_lr=1e-3, classifier_momentum=0.9, ed_lr=1e-3),
     "CUB": dict(steps=40, momentum=0.9, normalize_V=False, trainable_w2v=False, hidden=1024, top_k=10,
                 classifier_lr=1e-5, classifier_momentum=0.9, ed_lr=8e-4),
-    "SUN": dict(steps=470, momentum=0.9, normalize_V=False, trainable_w2v=True, hidden=1024, top_k=10,
+    "SUN": dict(steps=470, momentum=0.0, normalize_V=True, trainable_w2v=True, hidden=1024, top_k=10,
                 classifier_lr=1e-3, classifier_momentum=0.9, ed_lr=1e-3),
 }
 
@@ -163,6 +163,10 @@ def vsmr_config(dataset, demo):
     c.batch_size = 120  # balanced: 12 x 10 (select_on=val) or 15 x 8 (test_reference)
     c.total_steps = 300
     c.optim.lr = 1e-2 * (1.0 - r["momentum"])  # same effective step with the recipe's momentum
+    if r["momentum"]:
+      # CUB (momentum 0.9, frozen V): the coupled L2 term outweighs the tiny metric-loss gradients in
+      # RMSprop's normalised step and shrinks W_2/W_3 until attention is uniform on the demo data.
+      c.optim.weight_decay = 0.0
     c.optim.groups = (("^attr_classifier/", dict(lr=1e-2, momentum=0.9)),
                       ("^(encoder|decoder)/", dict(name="adam", lr=3e-3, weight_decay=0.0)))
     c.evals.gzsl = gzsl_eval(every_steps=30, batch_size=64)
