@@ -1,0 +1,18 @@
+r"""VSMR on CUB (dazle_vsmr.md §5; recipe notes in zsl_jax/configs_zsl.py VSMR_RECIPES).
+
+Demo (generated data, ~1 min on a CPU):
+  python -m zsl_jax.main --config=configs/vsmr_cub.py:demo --workdir=/tmp/vsmr_cub_demo
+Real data (DAZLE's feature_map_ResNet_101_CUB.hdf5 [+ xlsa17 att_splits.mat] in DIR):
+  python -m zsl_jax.main --config=configs/vsmr_cub.py --workdir=W --config.data.root=DIR
+Transductive top-k prototype refinement (the reference's setting; labelled transductive):
+  ... --config.vsmr.transductive_refine=True
+Evaluate a run:
+  python -m zsl_jax.main --config=configs/vsmr_cub.py --workdir=W --config.mode=eval --config.init.checkpoint=W
+"""
+from zsl_jax import configs_zsl
+
+
+def get_config(arg=None):
+  from zsl_jax import configs_lib  # pylint: disable=import-outside-toplevel
+  a = configs_lib.parse_arg(arg, demo=False)
+  return configs_zsl.vsmr_config("CUB", a.demo)

@@ -1,0 +1,18 @@
+r"""DAZLE on SUN (dazle_vsmr.md §1.6, notebook/DAZLE_SUN.ipynb; no attention over attributes (β ≡ 1), 100 epochs).
+
+Demo (generated data, ~1 min on a CPU):
+  python -m zsl_jax.main --config=configs/vsmr_sun.py:demo --workdir=/tmp/vsmr_sun_demo
+Real data (DAZLE's feature_map_ResNet_101_SUN.hdf5 [+ xlsa17 att_splits.mat] in DIR):
+  python -m zsl_jax.main --config=configs/vsmr_sun.py --workdir=W --config.data.root=DIR
+Transductive top-k prototype refinement (the reference's setting; labelled transductive):
+  ... --config.vsmr.transductive_refine=True
+Evaluate a run:
+  python -m zsl_jax.main --config=configs/vsmr_sun.py --workdir=W --config.mode=eval --config.init.checkpoint=W
+"""
+from zsl_jax import configs_zsl
+
+
+def get_config(arg=None):
+  from zsl_jax import configs_lib  # pylint: disable=import-outside-toplevel
+  a = configs_lib.parse_arg(arg, demo=False)
+  return configs_zsl.vsmr_config("SUN", a.demo)

@@ -1,0 +1,180 @@
+"""DAZLE (Huynh & Elhamifar, CVPR 2020): dense attribute attention over frozen region features.
+
+The module is class-agnostic: its parameters (attribute vectors V and the projections W_1, W_2,
+W_3) never depend on the class set. Class attributes Z [K, I] and the fixed ±bias calibration
+margin [K] are inputs, so one trained model scores any universe of classes — the training
+classes with validation classes as pseudo-unseen during model selection, all classes at test.
+When they are not passed, the `constants` collection (written at init, or by
+`from_torch_state_dict`) supplies them, so `module.apply(variables, features)` matches the
+official model's `S_pp`.
+
+Equations follow dazle_vsmr.md §1.3 (code path of the official notebooks) plus the constructor
+options they use: normalize_V / normalize_F, the ±1 margin (`is_bias`), uniform attention
+ablations (`uniform_att_1`: α ≡ 1/R, `uniform_att_2`: β ≡ 1), `is_sigmoid` (sigmoid of the
+per-region attribute scores) and `non_linear_act` (ReLU of the pooled attribute scores).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zsl_jax.errors import UserError
+
+W2V_DIM = 300
+
+
+def l2_normalize(x, axis=-1, eps=1e-12):
+  """torch.nn.functional.normalize: x / max(||x||, eps)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+def margin_vector(is_unseen, bias=1.0):
+  """+bias on unseen classes, -bias on seen ones ([K] float32)."""
+  return np.where(np.asarray(is_unseen, bool), float(bias), -float(bias)).astype(np.float32)
+
+
+class DAZLE(nn.Module):
+  """Region features [B, R, F] -> scores [B, K] (margin included), attention maps and more."""
+  num_attributes: int
+  feature_dim: int = 2048
+  w2v_dim: int = W2V_DIM
+  normalize_V: bool = False
+  normalize_F: bool = True
+  is_bias: bool = True
+  uniform_att_1: bool = False
+  uniform_att_2: bool = False
+  is_sigmoid: bool = False
+  non_linear_act: bool = False
+  trainable_w2v: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  def attribute_projections(self):
+    """(Vn [I, D], P1, P2, P3 [I, F]) — each V_n @ W_j computed once per call."""
+    V = self.param("V", nn.initializers.normal(1.0), (self.num_attributes, self.w2v_dim))
+    if not self.trainable_w2v:
+      V = jax.lax.stop_gradient(V)
+    # The official init: W_1 ~ N(0, 1) unscaled, W_2 = W_3 = 0 (uniform attention at step 0).
+    W1 = self.param("W_1", nn.initializers.normal(1.0), (self.w2v_dim, self.feature_dim))
+    W2 = self.param("W_2", nn.initializers.zeros, (self.w2v_dim, self.feature_dim))
+    W3 = self.param("W_3", nn.initializers.zeros, (self.w2v_dim, self.feature_dim))
+    Vn = l2_normalize(V) if self.normalize_V else V
+    hp = jax.lax.Precision.HIGHEST
+    return Vn, jnp.dot(Vn, W1, precision=hp), jnp.dot(Vn, W2, precision=hp), jnp.dot(Vn, W3, precision=hp)
+
+  def class_inputs(self, att, margin):
+    """Class attributes / margin from the call, else from the `constants` collection."""
+    if self.is_initializing() and att is not None:
+      self.variable("constants", "att", lambda: jnp.asarray(att, jnp.float32))
+      self.variable("constants", "margin", lambda: jnp.asarray(margin, jnp.float32))
+    if att is None:
+      if not self.has_variable("constants", "att"):
+        raise UserError("DAZLE needs class attributes: pass att= and margin= or variables with 'constants'")
+      att = self.get_variable("constants", "att")
+      margin = self.get_variable("constants", "margin")
+    return jnp.asarray(att, jnp.float32), jnp.asarray(margin, jnp.float32)
+
+  @nn.compact
+  def __call__(self, features, att=None, margin=None):
+    """features [B, R, F]; att [K, I] (rows L2-normalised); margin [K] (+bias unseen, -bias seen)."""
+    att, margin = self.class_inputs(att, margin)
+    Vn, P1, P2, P3 = self.attribute_projections()
+    hp = jax.lax.Precision.HIGHEST
+    x = features.astype(jnp.float32)
+    if self.normalize_F:
+      x = l2_normalize(x, axis=-1)  # each region over its F channels
+    B, R, _ = x.shape
+    logits = jnp.einsum("if,brf->bir", P2, x, precision=hp)  # [B, I, R]
+    attention = jax.nn.softmax(logits, axis=-1)
+    pool = jnp.full_like(attention, 1.0 / R) if self.uniform_att_1 else attention
+    h = jnp.einsum("bir,brf->bif", attention, x, precision=hp)  # [B, I, F] attribute features
+    if self.is_sigmoid:  # Non-linear per-region scores: pool the scores, not the features.
+      region_scores = jax.nn.sigmoid(jnp.einsum("if,brf->bir", P1, x, precision=hp))
+      e = jnp.einsum("bir,bir->bi", pool, region_scores, precision=hp)
+    elif self.uniform_att_1:
+      e = jnp.einsum("if,bf->bi", P1, x.mean(1), precision=hp)
+    else:
+      e = jnp.einsum("if,bif->bi", P1, h, precision=hp)  # [B, I], linear: same as pooling region scores
+    if self.non_linear_act:
+      e = jax.nn.relu(e)
+    beta = jax.nn.sigmoid(jnp.einsum("if,bif->bi", P3, h, precision=hp))  # [B, I]
+    weight = jnp.ones_like(beta) if self.uniform_att_2 else beta
+    raw = jnp.einsum("ki,bi->bk", att, weight * e, precision=hp)  # [B, K]
+    scores = raw + margin if self.is_bias else raw
+    return {"scores": scores, "scores_raw": raw, "attention": attention, "attribute_attention": beta,
+            "attribute_scores": e, "attribute_features": h}
+
+
+def universe_inputs(att, classes, unseen_classes, bias=1.0):
+  """(att rows [K_u, I], margin [K_u]) for the class ids `classes`, `unseen_classes` get +bias."""
+  classes = np.asarray(classes)
+  return np.asarray(att, np.float32)[classes], margin_vector(np.isin(classes, unseen_classes), bias)
+
+
+# ------------------------------------------------------------------------------------------------
+# Official checkpoints.
+
+_OPTIONS = ("normalize_V", "normalize_F", "is_bias", "uniform_att_1", "uniform_att_2", "is_sigmoid",
+            "non_linear_act", "trainable_w2v")
+
+
+def _to_numpy(value):
+  if hasattr(value, "detach"):
+    value = value.detach().cpu().numpy()
+  return np.asarray(value)
+
+
+def from_torch_state_dict(state_dict, *, seen_classes, unseen_classes, att=None, bias=None, **options):
+  """Official DAZLE `state_dict` -> (DAZLE module, variables) computing the same `S_pp`.
+
+  Args:
+    state_dict: mapping with `V` [I, 300], `W_1`, `W_2`, `W_3` [300, F] and usually the official
+      buffers-as-parameters `att` [K, I] (already L2-normalised by the constructor), `mask_bias`
+      [1, K] and `bias` (torch tensors or arrays).
+    seen_classes, unseen_classes: class ids (0-based), as given to the official constructor.
+    att: [K, I] class attributes when the state dict has none (rows are L2-normalised here).
+    bias: margin size; default the state dict's `bias` (1 in every notebook).
+    **options: the constructor flags the model was trained with (normalize_V, normalize_F, is_bias,
+      uniform_att_1, uniform_att_2, is_sigmoid, non_linear_act, trainable_w2v).
+  """
+  unknown = set(options) - set(_OPTIONS)
+  if unknown:
+    raise UserError(f"unknown DAZLE options {sorted(unknown)}; valid: {', '.join(_OPTIONS)}")
+  sd = {k: _to_numpy(v) for k, v in dict(state_dict).items()}
+  missing = [k for k in ("V", "W_1", "W_2", "W_3") if k not in sd]
+  if missing:
+    raise UserError(f"state dict lacks {missing}; it is not an official DAZLE checkpoint (keys found: "
+                    f"{sorted(sd)[:8]})")
+  extra = [k for k in sd if k.startswith(("conv1", "emb_func"))]
+  if extra:
+    raise UserError(f"state dict has {extra[:3]}: a DAZLE trained with is_conv / non_linear_emb, options no "
+                    f"official notebook uses and zsl_jax does not implement")
+  V, W1 = sd["V"].astype(np.float32), sd["W_1"].astype(np.float32)
+  if V.ndim != 2 or W1.shape[0] != V.shape[1]:
+    raise UserError(f"V {V.shape} and W_1 {W1.shape} do not fit (V is [I, D], W_1 is [D, F])")
+  if att is None:
+    if "att" not in sd:
+      raise UserError("the state dict has no 'att'; pass att=<[K, I] class attributes>")
+    att = sd["att"]
+  att = np.asarray(att, np.float64)
+  att = (att / np.maximum(np.linalg.norm(att, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+  seen, unseen = np.asarray(seen_classes), np.asarray(unseen_classes)
+  k = att.shape[0]
+  if np.intersect1d(seen, unseen).size or max(seen.max(initial=-1), unseen.max(initial=-1)) >= k:
+    raise UserError(f"seen_classes / unseen_classes must be disjoint class ids below {k}")
+  if bias is None:
+    bias = float(sd["bias"]) if "bias" in sd else 1.0
+  is_unseen = np.zeros(k, bool)
+  is_unseen[unseen] = True
+  margin = margin_vector(is_unseen, bias)
+  if "mask_bias" in sd:
+    mask = sd["mask_bias"].reshape(-1)
+    if mask.shape[0] == k and not np.array_equal(np.sign(mask[np.r_[seen, unseen]]),
+                                                 np.sign(margin[np.r_[seen, unseen]])):
+      raise UserError("the checkpoint's mask_bias disagrees with seen_classes/unseen_classes; pass the "
+                      "class split the model was trained with")
+  module = DAZLE(num_attributes=V.shape[0], feature_dim=W1.shape[1], w2v_dim=V.shape[1], **options)
+  variables = {"params": {"V": V, "W_1": W1, "W_2": sd["W_2"].astype(np.float32),
+                          "W_3": sd["W_3"].astype(np.float32)},
+               "constants": {"att": att, "margin": margin}}
+  return module, jax.tree_util.tree_map(jnp.asarray, variables)
