@@ -207,8 +207,10 @@ def init_variables(config, rng=None, dtype=jnp.float32):
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
+@functools.lru_cache(maxsize=16)
 def abstract_variables(config, dtype=jnp.float32):
-  """Shapes/dtypes of the variables without allocating them (`jax.eval_shape`)."""
+  """Shapes/dtypes of the variables without allocating them (`jax.eval_shape`; cached: tracing
+  a real-size model takes seconds and conversions ask for it repeatedly)."""
   return jax.eval_shape(lambda: init_variables(config, dtype=dtype))
 
 
