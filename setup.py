@@ -31,7 +31,8 @@ EXTRAS = {
         "torch>=2.4",
         "torchvision>=0.19",
         "open_clip_torch>=2.24",
-        "timm>=1.0",
+        "timm>=1.0",          # ships the ImageNet-21K-P class list (build_hierarchy --p_list timm)
+        "safetensors>=0.4",   # open_clip .safetensors checkpoints (convert_clip)
     ],
     "test": [
         "pytest>=8",
