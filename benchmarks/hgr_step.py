@@ -14,7 +14,6 @@ the table says which shapes ran. On a GPU add --mfu to print model FLOP utilisat
   python benchmarks/hgr_step.py --batch 256 --negatives 256 --iters 10 --mfu   # paper shapes (GPU)
 """
 import argparse
-import math
 import os
 import sys
 import time
@@ -124,7 +123,7 @@ def main(argv=None):
   params, opt_state, loss = train_step(params, opt_state, pt, contrasts)
   jax.block_until_ready(loss)
   compile_s = time.time() - t
-  times, prompt_counts, token_counts, ref_seqs = [], [], [], []
+  times = []
   for i in range(1, args.iters + 1):
     pt, contrasts, c, n = jax_args(0)  # Same shapes as the warm-up: steady-state timing.
     t = time.time()

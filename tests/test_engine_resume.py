@@ -29,13 +29,7 @@ def _wait_for_checkpoint(workdir, step, proc, timeout=120):
 
 
 def _final_state(workdir):
-  config = toy_config.get_config("steps=16")
-  eng = engine.Engine(config, workdir, mesh=sharding.make_mesh(dict(data=1, fsdp=1), jax.devices()[:1]))
-  eng.build_state(with_optimizer=True)
-  ck = ckpt_lib.Checkpointer(workdir / "checkpoints")
-  state, step = ck.restore(eng.abstract_state)
-  ck.close()
-  return jax.device_get(state), step
+  return cli.restore_state(toy_config.get_config("steps=16"), workdir)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ and POR must improve by a clear margin. Then eval mode restores the checkpoint a
 the final metrics exactly.
 """
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +51,32 @@ def test_eval_mode_reproduces_demo_metrics(demo_run, tmp_path):
   assert len(got) == 1 and got[0]["step"] == 600
   for key in METRICS + ("por", "path_ratio", "count"):
     assert got[0][key] == want[key], key
+
+
+@pytest.mark.torch
+def test_official_hgr_checkpoint_evaluates_directly(demo_run, tmp_path):
+  """An HGR-Net `clip_<epoch>` file (torch state dict, fp16 weights, DataParallel prefix) is
+  evaluated as is, and gives the same metrics as its converted Orbax copy."""
+  torch = pytest.importorskip("torch")
+  from zsl_jax.utils.torch_import import import_open_clip  # pylint: disable=import-outside-toplevel
+  _, data = demo_run
+  oc = import_open_clip()
+  torch.manual_seed(0)
+  model = oc.model.CLIP(64, oc.model.CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64, patch_size=None),
+                        oc.model.CLIPTextCfg(width=128, heads=2, layers=2), quick_gelu=True)
+  sd = {f"module.{k}": (v.half() if v.is_floating_point() and v.ndim > 1 else v) for k, v in model.state_dict().items()}
+  torch.save(sd, tmp_path / "clip_3")
+  # OpenAI's loader infers text heads as width // 64, so the config names the same sizes.
+  sizes = ("--config.model.custom.transformer_width=128", "--config.model.custom.transformer_heads=2",
+           f"--config.data.demo_root={data}", "--config.mode=eval")
+  cli.run_main(CONFIG, tmp_path / "direct", *sizes, f"--config.init.checkpoint={tmp_path / 'clip_3'}")
+  proc = subprocess.run(
+      [sys.executable, "-m", "zsl_jax.tools.convert_clip", str(tmp_path / "clip_3"), str(tmp_path / "converted")],
+      cwd=cli.REPO_ROOT, env=cli.env(), capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  cli.run_main(CONFIG, tmp_path / "converted_eval", *sizes, f"--config.init.checkpoint={tmp_path / 'converted'}")
+  direct = metrics.read_metrics(tmp_path / "direct", split="21k_d")
+  converted = metrics.read_metrics(tmp_path / "converted_eval", split="21k_d")
+  assert len(direct) == len(converted) == 1 and direct[0]["count"] == 21 * 16
+  for key in METRICS:
+    assert direct[0][key] == converted[0][key], key

@@ -178,3 +178,20 @@ def test_unknown_scheme_and_sampler_are_named():
   paths, depth, children, roots = _random_tree()
   with pytest.raises(UserError, match="hgr.sampler='simi'"):
     hgr.ContrastSampler(paths, depth, children, roots, strategy="simi")
+
+
+def test_near_simi_takes_the_most_similar_nodes_around_the_level():
+  paths, depth, children, roots = _random_tree(80)
+  emb = np.random.default_rng(3).normal(size=(len(depth), 8))
+  sim = lambda a: emb @ emb[a]
+  sampler = hgr.ContrastSampler(paths, depth, children, roots, out_ratio=0.25, in_ratio=0.25, k=1,
+                                num_negatives=5, strategy="near_simi", similarity_fn=sim)
+  label = int(np.argmax(depth))
+  c = sampler.sample(label, np.random.default_rng(0))
+  row = c.node_ids[0]
+  anchor, negs = row[0], row[1:][row[1:] >= 0]
+  d = c.inner_depths[0, 0]
+  pool = [n for n in np.flatnonzero(np.abs(depth - d) <= 1)
+          if n not in set(sampler.path(anchor)) and n not in set(children[anchor])]
+  expected = sorted(pool, key=lambda n: -sim(anchor)[n])[:5]
+  assert negs.tolist() == expected

@@ -31,17 +31,8 @@ def runs(tmp_path_factory):
 
 
 def _state(workdir):
-  # Reuse the resume test's restore: toy config of 12 steps, onto one device.
-  import zsl_jax.checkpoint as ckpt_lib
-  from tests import toy_config
-  from zsl_jax import engine, sharding
-  eng = engine.Engine(toy_config.get_config(), workdir,
-                      mesh=sharding.make_mesh(dict(data=1, fsdp=1), jax.devices()[:1]))
-  eng.build_state(with_optimizer=True)
-  ck = ckpt_lib.Checkpointer(workdir / "checkpoints")
-  state, step = ck.restore(eng.abstract_state)
-  ck.close()
-  return jax.device_get(state), step
+  from tests import toy_config  # pylint: disable=import-outside-toplevel
+  return cli.restore_state(toy_config.get_config(), workdir)
 
 
 def test_two_processes_match_one_process(runs):

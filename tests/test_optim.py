@@ -125,3 +125,33 @@ def test_bad_optimizer_settings_are_named():
     optim.make(configs_lib.optim_config(groups=(("x", dict(lrate=1.0)),)), 10)
   with pytest.raises(UserError, match="schedule type 'exp'"):
     optim.make(configs_lib.optim_config(schedule=dict(type="exp", warmup_steps=0, end_factor=0.0)), 10)
+
+
+def test_accumulated_grads_match_torch_without_zero_grad():
+  """Reference quirk switch: torch never calling zero_grad() with in-place clipping, then AdamW."""
+  params, targets = _problem(4)
+  cfg = configs_lib.optim_config(name="adamw", lr=0.05, weight_decay=0.0, grad_clip_norm=1.0, accumulate_grads=True)
+
+  class NoZeroGrad:
+    def __init__(self, ts):
+      self.opt = torch.optim.AdamW(ts, lr=0.05, weight_decay=0.0)
+    def zero_grad(self):
+      pass  # The quirk: .grad keeps the clipped running sum.
+    def step(self):
+      self.opt.step()
+
+  ref = _run_torch(NoZeroGrad, params, targets, clip=[(list(range(3)), 1.0)])
+  _assert_close(_run_jax(cfg, params, targets), ref)
+
+
+def test_fp16_rounding_drops_updates_below_float16_spacing():
+  cfg = configs_lib.optim_config(name="sgd", lr=1e-6, fp16_round="clip")
+  tx, _ = optim.make(cfg, 10)
+  p = {"visual": {"conv1": {"kernel": jnp.array([0.5, 2.0 ** -14], jnp.float32)}},
+       "ln_final": {"scale": jnp.array([0.5], jnp.float32)}}
+  state = tx.init(p)
+  upd, _ = tx.update(jax.tree.map(jnp.ones_like, p), state, p)
+  new = jax.tree.map(lambda a, b: np.asarray(a + b), p, upd)
+  assert new["visual"]["conv1"]["kernel"][0] == 0.5          # 1e-6 < fp16 spacing at 0.5: lost
+  assert new["visual"]["conv1"]["kernel"][1] < 2.0 ** -14    # tiny weight: the update survives
+  assert new["ln_final"]["scale"][0] == np.float32(0.5) - np.float32(1e-6)  # fp32-resident: exact

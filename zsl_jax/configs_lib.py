@@ -48,6 +48,8 @@ def optim_config(**overrides):
       momentum=0.0, nesterov=False,
       rms_decay=0.99,          # PyTorch RMSprop's alpha
       grad_clip_norm=0.0,      # global norm over the group's gradients; 0 disables
+      accumulate_grads=False,  # reference quirk: never zero grads, clip the running sum (HGR-Net)
+      fp16_round="",           # reference quirk: regex (or "clip") of params kept in float16
       schedule=ml_collections.ConfigDict(dict(
           type="constant",     # constant | cosine | linear
           warmup_steps=0,
@@ -88,5 +90,6 @@ def base_config():
   c.distributed = ml_collections.ConfigDict(dict(
       initialize=False,      # jax.distributed.initialize(); auto-detects SLURM / TPU pods
       coordinator_address="", num_processes=0, process_id=-1,
-      initialization_timeout=300, heartbeat_timeout_seconds=100))
+      initialization_timeout=300,
+      heartbeat_timeout_seconds=60))  # a dead peer ends the others within ~1-2 minutes
   return c

@@ -15,7 +15,48 @@ from zsl_jax import sharding
 from zsl_jax.errors import UserError
 
 _GROUP_KEYS = ("name", "lr", "weight_decay", "wd_exclude", "b1", "b2", "eps", "momentum",
-               "nesterov", "rms_decay", "grad_clip_norm", "schedule")
+               "nesterov", "rms_decay", "grad_clip_norm", "accumulate_grads", "schedule")
+
+# Parameters OpenAI's CLIP keeps in float16 (conv/linear/attention weights and biases, projections).
+FP16_PRESETS = {"clip": r"(kernel|_proj/bias|c_fc/bias|text_projection|visual/proj)$"}
+
+
+def accumulate_and_clip(max_norm):
+  """Gradients that are never zeroed: buffer <- clip_by_global_norm(buffer + g) (a reference quirk).
+
+  HGR-Net's released code never calls `zero_grad()` and clips the .grad buffers in place, so each
+  step applies the clipped running sum of all gradients so far. Off by default; reproduces it.
+  """
+  def init_fn(params):
+    return jax.tree.map(lambda p: jax.numpy.zeros_like(p), params)
+
+  def update_fn(updates, state, params=None):
+    del params
+    summed = jax.tree.map(lambda b, g: b + g, state, updates)
+    norm = optax.global_norm(summed)
+    scale = jax.numpy.minimum(1.0, max_norm / jax.numpy.maximum(norm, 1e-30)) if max_norm > 0 else 1.0
+    clipped = jax.tree.map(lambda x: x * scale, summed)
+    return clipped, clipped
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def round_through_fp16(regex):
+  """Makes p + update land on float16 values for matching parameters (no fp32 master copy).
+
+  The reference keeps CLIP's conv/linear weights in float16 and casts back after every step, so
+  updates smaller than the float16 spacing vanish. Applied after the optimizer; off by default.
+  """
+  rx = re.compile(FP16_PRESETS.get(regex, regex))
+
+  def update_fn(updates, state, params):
+    def one(path, u, p):
+      if not rx.search(sharding.path_str(path)):
+        return u
+      return (p + u).astype(jax.numpy.float16).astype(p.dtype) - p
+    return jax.tree_util.tree_map_with_path(one, updates, params), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def make_schedule(lr, schedule, total_steps):
@@ -74,6 +115,8 @@ def _group_transform(g, total_steps):
   else:
     raise UserError(f"optim.name={name!r}; use one of adamw, adam, sgd, rmsprop, lamb")
   clip = float(g["grad_clip_norm"] or 0.0)
+  if g.get("accumulate_grads"):
+    return optax.chain(accumulate_and_clip(clip), opt), lr
   return (optax.chain(optax.clip_by_global_norm(clip), opt) if clip > 0 else opt), lr
 
 
@@ -106,8 +149,10 @@ def make(optim_config, total_steps):
       transforms[label] = optax.set_to_zero()
     else:
       transforms[label], schedules[label] = _group_transform(_group_settings(base, overrides), total_steps)
+  fp16 = optim_config.get("fp16_round", "")
+  finish = (lambda tx: optax.chain(tx, round_through_fp16(fp16))) if fp16 else (lambda tx: tx)
   if not matchers:
-    return transforms["default"], schedules
+    return finish(transforms["default"]), schedules
 
   def labels(params):
     def one(path, _):
@@ -115,4 +160,4 @@ def make(optim_config, total_steps):
       return next((lb for rx, lb in matchers if rx.search(name)), "default")
     return jax.tree_util.tree_map_with_path(one, params)
 
-  return optax.multi_transform(transforms, labels), schedules
+  return finish(optax.multi_transform(transforms, labels)), schedules

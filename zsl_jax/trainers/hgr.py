@@ -219,9 +219,39 @@ class Trainer(base.Trainer):
     return iter(it_ds)
 
   def _similarity_fn(self):
-    """near_simi ranks negatives by prompt similarity under the initial text tower (host-side)."""
-    raise UserError("hgr.sampler='near_simi' needs a pretrained text tower: initialise from CLIP weights "
-                    "(--config.init.checkpoint) and use the topk sampler for from-scratch runs")
+    """near_simi ranks negatives by prompt similarity under the *initial* text tower.
+
+    The reference recomputes similarities with the current model at every step; here they come
+    once from `config.init.checkpoint` (converted CLIP, torch file, or a zsl_jax run), which keeps
+    sampling on the host and deterministic across resumes. A randomly initialised text tower has
+    no meaningful similarities, so from-scratch runs must use another sampler.
+    """
+    from zsl_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+    path = self.config.init.checkpoint
+    if not path:
+      raise UserError("hgr.sampler='near_simi' ranks negatives by a pretrained text tower: set "
+                      "--config.init.checkpoint=<CLIP weights or a zsl_jax run>, or use hgr.sampler='topk'")
+    if ckpt_lib.is_zsl_checkpoint(path):
+      one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract = jax.eval_shape(self.init_variables, jax.random.PRNGKey(0))
+      target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
+                                       abstract["params"])}
+      restored, _ = ckpt_lib.restore_subtree(path, target)
+      text_params = restored["params"]["clip"]
+    else:
+      loaded = clip_lib.load(path)
+      text_params = loaded.variables["params"]
+    module = clip_lib.CLIP(self.clip_config)
+    encode = jax.jit(lambda p, t: module.apply({"params": p}, t, method=clip_lib.CLIP.encode_text))
+    chunks = []
+    for i in range(0, len(self.tokens), 256):
+      chunk = self.tokens[i:i + 256]
+      padded = np.concatenate([chunk, np.repeat(chunk[:1], 256 - len(chunk), 0)])
+      chunks.append(np.asarray(encode(text_params, tokenizer.truncate_tokens(padded)))[:len(chunk)])
+    emb = np.concatenate(chunks)
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)                            # [N, E]
+    logger.info("near_simi: prompt similarities from %s", path)
+    return lambda node: emb @ emb[node]
 
   @functools.cached_property
   def encode_prompts_fn(self):
