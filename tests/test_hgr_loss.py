@@ -185,7 +185,7 @@ def test_near_simi_takes_the_most_similar_nodes_around_the_level():
   emb = np.random.default_rng(3).normal(size=(len(depth), 8))
   sim = lambda a: emb @ emb[a]
   sampler = hgr.ContrastSampler(paths, depth, children, roots, out_ratio=0.25, in_ratio=0.25, k=1,
-                                num_negatives=5, strategy="near_simi", similarity_fn=sim)
+                                num_negatives=3, strategy="near_simi", similarity_fn=sim)
   label = int(np.argmax(depth))
   c = sampler.sample(label, np.random.default_rng(0))
   row = c.node_ids[0]
@@ -193,5 +193,6 @@ def test_near_simi_takes_the_most_similar_nodes_around_the_level():
   d = c.inner_depths[0, 0]
   pool = [n for n in np.flatnonzero(np.abs(depth - d) <= 1)
           if n not in set(sampler.path(anchor)) and n not in set(children[anchor])]
-  expected = sorted(pool, key=lambda n: -sim(anchor)[n])[:5]
+  assert len(pool) > 3  # More candidates than the budget: ranking decides.
+  expected = sorted(pool, key=lambda n: -sim(anchor)[n])[:3]
   assert negs.tolist() == expected
