@@ -9,9 +9,17 @@ P(y) = (a_0, ..., a_{L-1} = y):
 All are image averages. The functions take predictions (small integer arrays), so evaluators can
 compute scores on device and only move top-k indices to the host.
 """
+import math
+
 import numpy as np
 
 HIT_KS = (1, 2, 5, 10, 20)
+
+
+def _mean(x):
+  """Correctly rounded mean: independent of image order (hosts gather images in another order)."""
+  x = np.asarray(x, np.float64).ravel()
+  return math.fsum(x) / len(x) if len(x) else float("nan")
 
 
 def topk_indices(scores, k):
@@ -25,7 +33,7 @@ def topk_indices(scores, k):
 def hit_at_k(topk, labels, ks=HIT_KS):
   """topk: [N, kmax] ranked class indices; labels: [N] -> {"hit@k": fraction}."""
   hits = topk == np.asarray(labels)[:, None]
-  return {f"hit@{k}": float(hits[:, :k].any(1).mean()) for k in ks}
+  return {f"hit@{k}": _mean(hits[:, :k].any(1)) for k in ks}
 
 
 def per_level_predictions(scores_all, node_depth, max_len):
@@ -56,4 +64,4 @@ def hierarchical_ratios(top1_all, level_pred, labels, paths):
   por = right.sum(1) / length
   pairs = right[:, :-1] & right[:, 1:] & valid[:, 1:]
   path = np.where(length > 1, pairs.sum(1) / np.maximum(length - 1, 1), right[:, 0])
-  return {"tor": float(tor.mean()), "por": float(por.mean()), "path_ratio": float(path.mean())}
+  return {"tor": _mean(tor), "por": _mean(por), "path_ratio": _mean(path)}
