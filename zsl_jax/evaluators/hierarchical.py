@@ -132,6 +132,7 @@ class Evaluator(base.Evaluator):
     fig, ax = plt.subplots(figsize=(6, 3.5))
     depths = [d for d, a in enumerate(per_level) if a is not None]
     ax.bar(depths, [per_level[d] for d in depths], color="tab:blue")
+    ax.set_xticks(depths)
     ax.set_xlabel("depth in the hierarchy")
     ax.set_ylabel("accuracy of the level prediction")
     ax.set_title(f"Per-level accuracy ({self.tag}, {len(labels)} images)")
