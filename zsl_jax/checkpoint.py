@@ -5,7 +5,6 @@ grain iterator state, so a resumed run continues the exact example stream. Resto
 abstract target whose shardings decide placement, so a checkpoint written on 8 devices restores
 onto one device or another mesh.
 """
-import json
 import os
 import pathlib
 
@@ -113,15 +112,6 @@ def restore_subtree(path, abstract_subtree, step=-1):
     raise UserError(f"checkpoint {state_dir} does not match this model ({e}); initialise from a "
                     f"checkpoint of the same architecture") from e
   return restored, step
-
-
-def saved_config(path, step=-1):
-  """The config dict stored with a checkpoint (None if it has none)."""
-  state_dir, _ = resolve(path, step)
-  cfg = state_dir.parent / "config" / "metadata"
-  if cfg.exists():
-    return json.loads(cfg.read_text())
-  return None
 
 
 def abstract_like(tree, shardings):

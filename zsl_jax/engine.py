@@ -6,6 +6,7 @@ scratch) -> jitted, donated train step -> loop with metrics, checkpoints, evalua
 and preemption handling.
 """
 import importlib
+import json
 import logging
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ class Engine:
     saveable_iter = data_iter if hasattr(data_iter, "get_state") else None
     if saveable_iter is None:
       logger.warning("the train iterator has no get_state(): a resumed run restarts the data stream")
-    config_json = __import__("json").loads(config.to_json_best_effort())
+    config_json = json.loads(config.to_json_best_effort())
 
     latest = checkpointer.latest_step()
     if latest is not None:
