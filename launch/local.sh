@@ -39,7 +39,7 @@ trap cleanup INT TERM
 for ((i = 0; i < num_processes; i++)); do
   env_flags=()
   if [[ "$devices" -gt 0 ]]; then
-    env_flags=(XLA_FLAGS="--xla_force_host_platform_device_count=$devices" JAX_PLATFORMS=cpu)
+    env_flags=(XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$devices" JAX_PLATFORMS=cpu)
   fi
   env "${env_flags[@]}" python3 -m zsl_jax.main "$@" \
     --config.distributed.initialize=True \
