@@ -22,19 +22,29 @@ def demo_run(tmp_path_factory):
   return root, work
 
 
-def test_demo_learns_unseen_classes(demo_run):
-  _, work = demo_run
-  final = _records(work)[-1]
+def _assert_learned(final):
   for m in METRICS:
     assert m in final and f"selected_{m}" in final
   assert final["selected_on"] == "val"
-  # 5 unseen classes: chance is 0.2 for ZSL accuracy (seed 214: 0.62; seeds 0-3: 0.38-0.57). Without
-  # calibration VSMR predicts mostly seen classes for GZSL images, as its reference scripts do.
-  assert final["zsl_acc"] > 0.35, final
-  assert final["gzsl_seen"] > 0.3, final  # 15 seen classes: chance 0.067
-  assert final["attr_f1"] > 0.5 and final["transductive"] is False and final["test_masks"] == "predicted"
+  # 10 unseen classes: chance is 0.1 for ZSL accuracy (seed 214: AWA2 0.48, CUB 0.43, SUN 0.47;
+  # seeds 0-2 of all three: 0.28-0.44). Uncalibrated GZSL favours the E(a) prototypes on this demo
+  # (gzsl_seen 0.03-0.15), so only ZSL accuracy and the attribute masks are asserted.
+  assert final["zsl_acc"] > 0.25, final
+  assert final["val_zsl_acc"] > 0.25, final  # 6 validation classes: chance 0.17
+  assert final["attr_f1"] > 0.8 and final["transductive"] is False and final["test_masks"] == "predicted"
+
+
+def test_demo_learns_unseen_classes(demo_run):
+  _, work = demo_run
+  _assert_learned(_records(work)[-1])
   assert (work / "plots" / "gzsl_calibration.png").stat().st_size > 1000
   assert (work / "plots" / "gzsl_calibration_selected.png").exists()
+
+
+@pytest.mark.parametrize("dataset", ["cub", "sun"])
+def test_cub_and_sun_demos_learn_unseen_classes(tmp_path, dataset):
+  cli.run_main(f"configs/vsmr_{dataset}.py:demo", tmp_path / "run", f"--config.data.demo_dir={tmp_path / 'data'}")
+  _assert_learned(_records(tmp_path / "run")[-1])
 
 
 def test_eval_mode_reproduces_metrics(demo_run):

@@ -65,3 +65,21 @@ def test_transductive_refinement_hand_example():
   out = refine_prototypes(protos, queries, 2)
   np.testing.assert_allclose(out[0], (protos[0] + queries[0] + queries[1]) / 3)
   np.testing.assert_allclose(out[1], (protos[1] + queries[2] + queries[3]) / 3)
+
+
+def test_semantic_losses_match_torch_mse():
+  """L_AP over the batch's classes and L_ED over seen classes (§5.4); `normalize_targets` regresses
+  prototypes rescaled to unit RMS per dimension, the reference regresses raw ones."""
+  rng = np.random.default_rng(3)
+  k, i, f = 6, 5, 16
+  encoded, targets = rng.standard_normal((k, f)), np.abs(rng.standard_normal((k, f))) * 0.02
+  reconstructed, att = rng.standard_normal((k, i)), rng.random((k, i))
+  present = np.array([1, 1, 0, 1, 0, 1], bool)
+  seen = np.array([1, 1, 1, 1, 0, 0], bool)
+  t = {n: torch.tensor(v) for n, v in dict(e=encoded, p=targets, r=reconstructed, a=att).items()}
+  mp, ms = torch.tensor(present), torch.tensor(seen)
+  scaled = t["p"] / t["p"].square().mean(1, keepdim=True).sqrt()
+  for normalize, target in ((False, t["p"]), (True, scaled)):
+    l_ap, l_ed = vsmr_losses.semantic_losses(encoded, reconstructed, att, targets, present, seen, normalize)
+    np.testing.assert_allclose(float(l_ap), float(TF.mse_loss(t["e"][mp], target[mp])), rtol=1e-5)
+    np.testing.assert_allclose(float(l_ed), float(TF.mse_loss(t["r"][ms], t["a"][ms])), rtol=1e-5)

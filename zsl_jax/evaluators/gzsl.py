@@ -41,6 +41,7 @@ class Evaluator(eval_base.Evaluator):
     if select_on not in SELECT_LABEL:
       raise UserError(f"zsl.select_on={select_on!r}; use 'val', 'test_reference' or 'final'")
     self.select_on = select_on
+    self.iterations_from = trainer.config.zsl.get("iterations_from", "")  # a retrain_on_trainval run
     n_dev = mesh.devices.size
     self.batch_size = int(math.ceil(int(batch_size) / n_dev) * n_dev)  # divisible by the devices
     self.plot = plot
@@ -142,6 +143,8 @@ class Evaluator(eval_base.Evaluator):
       self._best = (crit, step, {m: test[m] for m in METRICS})
     record["criterion"] = crit if math.isfinite(crit) else float("nan")
     record["selected_on"] = SELECT_LABEL[self.select_on]
+    if self.iterations_from:
+      record["selected_on"] = f"val: iteration count selected in {self.iterations_from}, retrained on trainval"
     record["selected_step"] = self._best[1]
     record.update({f"selected_{m}": v for m, v in self._best[2].items()})
     if self.plot and test_curve is not None and jax.process_index() == 0:

@@ -48,13 +48,16 @@ def semantic_losses(encoded, reconstructed, class_att, targets, present, seen, n
   """L_AP = MSE(P_c, E(a_c)) over classes present in the batch (targets are stop-gradient batch
   prototypes); L_ED = MSE(a_c, D(E(a_c))) over the seen classes.
 
-  `normalize_targets` regresses unit-length prototypes: only their direction is used (cosine
-  classification), and the raw image vectors' norm drifts freely under the scale-invariant L_PS /
-  L_PP (to ~0.02 on the demo), where an MSE on raw prototypes is ~1e-8 and E learns no direction.
+  `normalize_targets` regresses prototypes rescaled to unit RMS per dimension (norm sqrt(F)): only
+  their direction is used (cosine classification), and the raw image vectors' norm drifts freely
+  under the scale-invariant L_PS / L_PP (to ~0.02 on the demo), where an MSE on raw prototypes is
+  ~1e-8 and E learns no direction. Unit RMS (rather than unit norm, whose MSE is ~1/F) keeps L_AP
+  the leading term of 0.1·L_AP + L_ED, as it is with the reference's ResNet-scale prototypes.
   """
   targets = jax.lax.stop_gradient(targets)
   if normalize_targets:
-    targets = targets / jnp.sqrt(jnp.sum(jnp.square(targets), axis=-1, keepdims=True) + 1e-30)
+    rms = jnp.sqrt(jnp.mean(jnp.square(targets), axis=-1, keepdims=True) + 1e-30)
+    targets = targets / rms
   ap = jnp.mean(jnp.square(encoded - targets), axis=-1)
   l_ap = jnp.sum(jnp.where(present, ap, 0.0)) / jnp.maximum(jnp.sum(present), 1)
   ed = jnp.mean(jnp.square(reconstructed - class_att), axis=-1)

@@ -35,10 +35,12 @@ def demo_files(data):
   from zsl_jax.data import synthetic_zsl  # pylint: disable=import-outside-toplevel
   name = zsl_benchmarks.check_dataset_name(data.dataset)
   classes, unseen = data.get("demo_classes", DEMO["num_classes"]), data.get("demo_unseen", DEMO["num_unseen"])
+  val = data.get("demo_val_classes", DEMO["num_val_classes"])
+  attributes = data.get("demo_attributes", DEMO["num_attributes"])
   noise = data.get("demo_noise", 0.1)
-  sizes = {**DEMO, "num_classes": classes, "num_unseen": unseen}
+  sizes = {**DEMO, "num_classes": classes, "num_unseen": unseen, "num_val_classes": val, "num_attributes": attributes}
   folder = pathlib.Path(os.path.expanduser(data.demo_dir)) / (
-      f"{name}_c{classes}u{unseen}_seed{data.demo_seed}_noise{noise:g}_v1")
+      f"{name}_c{classes}u{unseen}v{val}a{attributes}_seed{data.demo_seed}_noise{noise:g}_v1")
   hdf5 = folder / f"feature_map_ResNet_101_{name}.hdf5"
   if not hdf5.exists():
     folder.parent.mkdir(parents=True, exist_ok=True)
