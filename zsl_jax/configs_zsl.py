@@ -56,7 +56,9 @@ def base(trainer, dataset, demo):
 
 
 def gzsl_eval(every_steps, batch_size=128, **kwargs):
-  return ml_collections.ConfigDict(dict(type="gzsl", every_steps=every_steps, batch_size=batch_size, **kwargs))
+  return ml_collections.ConfigDict(dict(type="gzsl", every_steps=every_steps, batch_size=batch_size,
+                                       also_per_sample=False,  # + per-sample accuracies (VSMR's scripts)
+                                       **kwargs))
 
 
 def rmsprop(momentum, weight_decay=1e-4, lr=1e-4, **overrides):
