@@ -67,3 +67,16 @@ def test_transductive_refinement_is_labelled(demo_run):
   assert transductive["transductive"] is True and inductive["transductive"] is False
   assert transductive["gzsl_seen"] == pytest.approx(inductive["gzsl_seen"])  # seen prototypes untouched
   assert transductive["zsl_acc"] != inductive["zsl_acc"]  # unseen prototypes moved
+
+
+def test_per_sample_accuracies_on_request(demo_run):
+  """VSMR's scripts report per-sample accuracy. The demo's test classes are equally sized (30 unseen,
+  6 test-seen images each), where per-sample and per-class accuracy must coincide."""
+  root, work = demo_run
+  other = root / "eval_per_sample"
+  cli.run_main("configs/vsmr_awa2.py:demo", other, f"--config.data.demo_dir={root / 'data'}", "--config.mode=eval",
+               f"--config.init.checkpoint={work}", "--config.evals.gzsl.also_per_sample=True")
+  r = _records(other)[-1]
+  assert "zsl_acc_per_sample" not in _records(work)[-1]
+  for m in ("zsl_acc", "gzsl_unseen", "gzsl_seen"):
+    assert r[f"{m}_per_sample"] == pytest.approx(r[m], abs=1e-9), m
