@@ -106,7 +106,8 @@ def steps_for_epochs(index, epochs, split="train", classes="train", *, global_ba
 
 
 def train_dataset(index, split="train", classes="train", *, global_batch_size, batcher="class_pure", seed=0,
-                  image_size=224, preprocess="clip", num_steps=None, process_index=None, process_count=None):
+                  image_size=224, preprocess="clip", num_steps=None, process_index=None, process_count=None,
+                  slots=None):
   """MapDataset of process-local batches {'image' [b, S, S, 3] f32, 'label' [b] i32, '_mask' [b], '_skipped' [b]}.
 
   Args:
@@ -114,6 +115,8 @@ def train_dataset(index, split="train", classes="train", *, global_batch_size, b
     split, classes: instance split and class split (or WNID list) of the training images.
     batcher: 'class_pure' (one class per global batch, classes equally often) or 'shuffled'.
     num_steps: length in steps; None = practically infinite (epochs repeat).
+    slots: the `ClassPureSlots` to read, for callers that also need each step's class (HGR-Net's
+      contrasts); built here when None.
   """
   from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   p, count = pipeline.process_info(process_index, process_count)
@@ -122,7 +125,8 @@ def train_dataset(index, split="train", classes="train", *, global_batch_size, b
   if not len(rows):
     raise UserError(f"split {split!r} with classes {classes!r} has no images; check the index and class lists")
   if batcher == "class_pure":
-    slots = ClassPureSlots(index.labels(rows), rows, global_batch_size, seed, p, count, num_steps or INFINITE_STEPS)
+    if slots is None:
+      slots = ClassPureSlots(index.labels(rows), rows, global_batch_size, seed, p, count, num_steps or INFINITE_STEPS)
   elif batcher == "shuffled":
     if len(rows) < count:
       raise UserError(f"{len(rows)} training images cannot be sharded over {count} processes")

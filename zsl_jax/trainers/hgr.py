@@ -206,12 +206,12 @@ class Trainer(base.Trainer):
   def train_iterator(self):
     d = self.config.data
     p, count = pipeline.process_info()
-    ds = batchers.train_dataset(self.index, d.train_split, d.train_classes, global_batch_size=self.config.batch_size,
-                                batcher="class_pure", seed=self.config.seed, image_size=self.clip_config.image_resolution,
-                                preprocess="clip")
     rows = self._train_rows()
     slots = batchers.ClassPureSlots(self.index.labels(rows), rows, self.config.batch_size, self.config.seed, p,
                                     count, batchers.INFINITE_STEPS)
+    ds = batchers.train_dataset(self.index, d.train_split, d.train_classes, global_batch_size=self.config.batch_size,
+                                batcher="class_pure", seed=self.config.seed, image_size=self.clip_config.image_resolution,
+                                preprocess="clip", slots=slots)
     ds = ds.map_with_index(AddContrasts(self.sampler, slots, self.tokens, self.config.seed))
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch))
     if d.num_workers > 0:
