@@ -98,6 +98,7 @@ def main(argv):
   from zsl_jax import engine  # pylint: disable=import-outside-toplevel
   from zsl_jax import retrain  # pylint: disable=import-outside-toplevel
   try:
+    retrain.check(config)  # before anything is written
     _setup_platform(config)
     import jax  # pylint: disable=import-outside-toplevel
     workdir = pathlib.Path(workdir).expanduser()
@@ -106,7 +107,6 @@ def main(argv):
       _write_config(config, workdir)
     logger.info("zsl_jax: trainer=%s mode=%s workdir=%s devices=%d processes=%d",
                  config.trainer, config.mode, workdir, jax.device_count(), jax.process_count())
-    retrain.check(config)
     engine.run(config, workdir)
     if retrain.requested(config):
       step = retrain.selected_step(config, workdir)
