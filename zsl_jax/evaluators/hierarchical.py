@@ -20,7 +20,7 @@ from zsl_jax.data import pipeline
 from zsl_jax.errors import UserError
 from zsl_jax.evaluators import base
 from zsl_jax.evaluators import hierarchy_metrics as hm
-from zsl_jax.text import tokenizer
+from zsl_jax.models import clip as clip_lib
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +59,8 @@ class Evaluator(base.Evaluator):
 
   def _prompt_features(self, variables):
     """[N, E] normalised features of every node's prompt, encoded in truncated chunks."""
-    tokens = self.trainer.tokens
-    out = []
-    for i in range(0, len(tokens), self.prompt_batch):
-      chunk = tokens[i:i + self.prompt_batch]
-      pad = self.prompt_batch - len(chunk)
-      chunk = tokenizer.truncate_tokens(np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]))
-      out.append(self.trainer.encode_prompts_fn(variables, jnp.asarray(chunk))[:len(tokens[i:i + self.prompt_batch])])
-    return jnp.concatenate(out)
+    return clip_lib.encode_prompts_in_chunks(lambda t: self.trainer.encode_prompts_fn(variables, t),
+                                             self.trainer.tokens, self.prompt_batch)
 
   def _predict_fn(self):
     trainer, k = self.trainer, self.k

@@ -306,3 +306,18 @@ def load(path_or_state_dict, dtype=jnp.float32):
   from zsl_jax.models import clip_convert  # pylint: disable=import-outside-toplevel
   config, variables = clip_convert.convert(path_or_state_dict)
   return LoadedCLIP(config, jax.tree.map(jnp.asarray, variables), dtype)
+
+
+def encode_prompts_in_chunks(encode, tokens, chunk):
+  """[N, E] outputs of jitted `encode(tokens [chunk, L])` for all N prompts [N, L].
+
+  Chunks are EOT-truncated and the last one is padded with copies of its first prompt, so a
+  single compiled shape serves every call; the padding rows are dropped.
+  """
+  from zsl_jax.text import tokenizer  # pylint: disable=import-outside-toplevel
+  out = []
+  for i in range(0, len(tokens), chunk):
+    part = tokens[i:i + chunk]
+    padded = np.concatenate([part, np.repeat(part[:1], chunk - len(part), 0)])
+    out.append(encode(jnp.asarray(tokenizer.truncate_tokens(padded)))[:len(part)])
+  return jnp.concatenate(out)

@@ -243,12 +243,7 @@ class Trainer(base.Trainer):
       text_params = loaded.variables["params"]
     module = clip_lib.CLIP(self.clip_config)
     encode = jax.jit(lambda p, t: module.apply({"params": p}, t, method=clip_lib.CLIP.encode_text))
-    chunks = []
-    for i in range(0, len(self.tokens), 256):
-      chunk = self.tokens[i:i + 256]
-      padded = np.concatenate([chunk, np.repeat(chunk[:1], 256 - len(chunk), 0)])
-      chunks.append(np.asarray(encode(text_params, tokenizer.truncate_tokens(padded)))[:len(chunk)])
-    emb = np.concatenate(chunks)
+    emb = np.asarray(clip_lib.encode_prompts_in_chunks(lambda t: encode(text_params, t), self.tokens, 256))
     emb /= np.linalg.norm(emb, axis=-1, keepdims=True)                            # [N, E]
     logger.info("near_simi: prompt similarities from %s", path)
     return lambda node: emb @ emb[node]
