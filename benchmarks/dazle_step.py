@@ -36,9 +36,10 @@ def jax_setup():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
-  from zsl_jax import configs_zsl, optim  # pylint: disable=import-outside-toplevel
-  from zsl_jax.losses import dazle as losses  # pylint: disable=import-outside-toplevel
-  from zsl_jax.models import dazle  # pylint: disable=import-outside-toplevel
+  from zsl_jax import optim  # pylint: disable=import-outside-toplevel
+  from zsl_jax.projects.attr import config as configs_zsl  # pylint: disable=import-outside-toplevel
+  from zsl_jax.projects.attr.losses import dazle as losses  # pylint: disable=import-outside-toplevel
+  from zsl_jax.projects.attr.models import dazle  # pylint: disable=import-outside-toplevel
   feats, labels, att, w2v = _inputs()
   model = dazle.DAZLE(num_attributes=I, feature_dim=F, w2v_dim=D, normalize_V=True)
   a, m = dazle.universe_inputs(att / np.linalg.norm(att, axis=1, keepdims=True), np.arange(K), UNSEEN)

@@ -22,8 +22,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from zsl_jax.data import images  # pylint: disable=wrong-import-position
-from zsl_jax.data import imagenet21k  # pylint: disable=wrong-import-position
-from zsl_jax.data import synthetic_imagenet  # pylint: disable=wrong-import-position
+from zsl_jax.projects.hgr.data import imagenet21k  # pylint: disable=wrong-import-position
+from zsl_jax.projects.hgr.data import demo as synthetic_imagenet  # pylint: disable=wrong-import-position
 from zsl_jax.data import transforms  # pylint: disable=wrong-import-position
 
 
@@ -65,7 +65,7 @@ def bench_grain(paths, labels, batch, threads, image_size):
 
 
 def bench_torch(root, batch, threads, image_size):
-  from zsl_jax.utils.torch_import import import_torchvision  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.torch_io import import_torchvision  # pylint: disable=import-outside-toplevel
   tv = import_torchvision()
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(1)

@@ -10,8 +10,8 @@ Zero-shot row (unmodified OpenAI RN50 converted with zsl_jax.tools.convert_clip,
   python -m zsl_jax.main --config=configs/clip_rn50_baseline.py:eval=21k_d --workdir=runs/clip_zs \
       --config.mode=eval --config.init.checkpoint=weights/RN50 --config.data.hierarchy=... --config.data.index=...
 """
-from configs import hgr_rn50
-from zsl_jax import configs_lib
+from zsl_jax.projects.hgr import config as hgr_rn50
+from zsl_jax import config_lib
 
 
 def get_config(arg=None):
@@ -19,7 +19,7 @@ def get_config(arg=None):
   demo = c.data.demo
   c.trainer = "clip_baseline"
   c.batch_size = 64                 # shuffled batches (the reference baseline's clip_train.py)
-  c.optim = configs_lib.optim_config(name="adamw", lr=3e-7, weight_decay=1e-4, grad_clip_norm=0.0,
+  c.optim = config_lib.optim_config(name="adamw", lr=3e-7, weight_decay=1e-4, grad_clip_norm=0.0,
                                      schedule=dict(type="constant"))
   if demo:
     c.batch_size = 24

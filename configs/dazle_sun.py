@@ -9,10 +9,10 @@ Reference protocol (model selected on the test set, as the notebooks; labelled t
 Evaluate a run (or an official DAZLE .pth / import_dazle .npz):
   python -m zsl_jax.main --config=configs/dazle_sun.py --workdir=W --config.mode=eval --config.init.checkpoint=W
 """
-from zsl_jax import configs_zsl
+from zsl_jax.projects.attr import config as configs_zsl
 
 
 def get_config(arg=None):
-  from zsl_jax import configs_lib  # pylint: disable=import-outside-toplevel
-  a = configs_lib.parse_arg(arg, demo=False)
+  from zsl_jax import config_lib  # pylint: disable=import-outside-toplevel
+  a = config_lib.parse_arg(arg, demo=False)
   return configs_zsl.dazle_config("SUN", a.demo)

@@ -9,15 +9,15 @@ Training images: all seen images plus k of the 10 reserved images of every unsee
 split `ls{k}_train`, nested in k); evaluation on the unseen classes' remaining images (`ls_test`).
 This is the documented protocol; the released scripts load seen classes only (spec §5).
 """
-from configs import hgr_rn50
-from zsl_jax import configs_lib
+from zsl_jax.projects.hgr import config as hgr_rn50
+from zsl_jax import config_lib
 
 SHOTS = (1, 2, 3, 5, 10)
 
 
 def get_config(arg=None):
   c = hgr_rn50.hgr_config(arg, shots=5)
-  shots = configs_lib.parse_arg(arg, demo=False, eval="21k_d", variant="RN50", shots=5).shots
+  shots = config_lib.parse_arg(arg, demo=False, eval="21k_d", variant="RN50", shots=5).shots
   if shots not in SHOTS:
     raise ValueError(f"shots={shots}; the index holds low-shot splits for k in {SHOTS}")
   c.data.train_split = f"ls{shots}_train"

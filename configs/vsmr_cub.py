@@ -9,10 +9,10 @@ Transductive top-k prototype refinement (the reference's setting; labelled trans
 Evaluate a run:
   python -m zsl_jax.main --config=configs/vsmr_cub.py --workdir=W --config.mode=eval --config.init.checkpoint=W
 """
-from zsl_jax import configs_zsl
+from zsl_jax.projects.attr import config as configs_zsl
 
 
 def get_config(arg=None):
-  from zsl_jax import configs_lib  # pylint: disable=import-outside-toplevel
-  a = configs_lib.parse_arg(arg, demo=False)
+  from zsl_jax import config_lib  # pylint: disable=import-outside-toplevel
+  a = config_lib.parse_arg(arg, demo=False)
   return configs_zsl.vsmr_config("CUB", a.demo)

@@ -29,7 +29,7 @@ PROMPTS = ["a photo of a tench.", "a low resolution photo of the great white sha
 
 @pytest.fixture(scope="module")
 def oc():
-  from zsl_jax.utils.torch_import import import_open_clip  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.torch_io import import_open_clip  # pylint: disable=import-outside-toplevel
   return import_open_clip()
 
 
@@ -221,7 +221,7 @@ def test_wrong_architecture_and_truncated_files_are_user_errors(oc, tmp_path, ca
   with pytest.raises(UserError, match="unexpected") as e:
     clip_lib.load(tv.state_dict())
   assert "\n" not in str(e.value)
-  from zsl_jax.utils.torch_import import import_torchvision  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.torch_io import import_torchvision  # pylint: disable=import-outside-toplevel
   with pytest.raises(UserError, match="not an OpenAI-style CLIP state dict"):
     clip_lib.load(import_torchvision().models.resnet18().state_dict())
   sd = _tiny_open_clip(oc).state_dict()

@@ -1,7 +1,7 @@
 """DAZLE samplers: balanced batch structure, determinism, exact resume and multi-host rows."""
 import numpy as np
 
-from zsl_jax.data import zsl_batchers
+from zsl_jax.projects.attr.data import samplers as zsl_batchers
 
 
 class _Source:

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from zsl_jax.losses import dazle as dazle_loss
-from zsl_jax.models import dazle
+from zsl_jax.projects.attr.losses import dazle as dazle_loss
+from zsl_jax.projects.attr.models import dazle
 
 B, R, F, D, I, K = 6, 9, 32, 20, 11, 8
 SEEN, UNSEEN = np.array([0, 2, 3, 5, 6, 7]), np.array([1, 4])

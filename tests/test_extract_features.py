@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import scipy.io
 
-from zsl_jax.data import synthetic_zsl
-from zsl_jax.data import zsl_benchmarks as zb
+from zsl_jax.projects.attr.data import demo as synthetic_zsl
+from zsl_jax.projects.attr.data import benchmarks as zb
 from zsl_jax.data.images import decode_rgb
 from zsl_jax.data.transforms import imagenet_preprocess
 from zsl_jax.errors import UserError
-from zsl_jax.tools import extract_features as ef
+from zsl_jax.projects.attr.tools import extract_features as ef
 
 pytestmark = pytest.mark.torch
 RES = 64  # 2x2 regions: the same code path as 224 -> 7x7, at CPU-test cost.
@@ -25,7 +25,7 @@ DAZLE_KEYS = {"feature_map", "labels", "trainval_loc", "test_seen_loc", "test_un
 def setup(tmp_path_factory):
   """12 CUB-layout JPEGs, xlsa17 files, word vectors, and a 1-1-1-1 Bottleneck ResNet checkpoint."""
   import torch  # pylint: disable=import-outside-toplevel
-  from zsl_jax.utils.torch_import import import_torchvision  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.torch_io import import_torchvision  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("extract")
   data = synthetic_zsl.make_demo_images(root, "CUB", num_classes=4, images_per_class=3, num_attributes=6)
   tv = import_torchvision()

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from zsl_jax.evaluators import calibration
+from zsl_jax.projects.attr import calibration
 
 
 def test_per_class_accuracy_weights_classes_equally():

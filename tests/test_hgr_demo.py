@@ -58,7 +58,7 @@ def test_official_hgr_checkpoint_evaluates_directly(demo_run, tmp_path):
   """An HGR-Net `clip_<epoch>` file (torch state dict, fp16 weights, DataParallel prefix) is
   evaluated as is, and gives the same metrics as its converted Orbax copy."""
   torch = pytest.importorskip("torch")
-  from zsl_jax.utils.torch_import import import_open_clip  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.torch_io import import_open_clip  # pylint: disable=import-outside-toplevel
   _, data = demo_run
   oc = import_open_clip()
   torch.manual_seed(0)

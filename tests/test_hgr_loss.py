@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from zsl_jax.errors import UserError
-from zsl_jax.losses import hgr
+from zsl_jax.projects.hgr import loss as hgr
 
 torch = pytest.importorskip("torch")
 

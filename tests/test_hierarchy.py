@@ -6,12 +6,12 @@ import pathlib
 import numpy as np
 import pytest
 
-from zsl_jax.data import synthetic_imagenet
+from zsl_jax.projects.hgr.data import demo as synthetic_imagenet
 from zsl_jax.errors import UserError
-from zsl_jax.hierarchy import graph
-from zsl_jax.hierarchy import splits
-from zsl_jax.hierarchy import wordnet
-from zsl_jax.tools import build_hierarchy
+from zsl_jax.projects.hgr.hierarchy import graph
+from zsl_jax.projects.hgr.hierarchy import splits
+from zsl_jax.projects.hgr.hierarchy import wordnet
+from zsl_jax.projects.hgr.tools import build_hierarchy
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from zsl_jax.evaluators import hierarchy_metrics as hm
+from zsl_jax.projects.hgr import metrics as hm
 
 
 def test_hit_at_k_equals_sklearn_top_k_accuracy():

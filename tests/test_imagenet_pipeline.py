@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zsl_jax.data import batchers
-from zsl_jax.data import imagenet21k
-from zsl_jax.data import synthetic_imagenet
+from zsl_jax.projects.hgr.data import batchers
+from zsl_jax.projects.hgr.data import imagenet21k
+from zsl_jax.projects.hgr.data import demo as synthetic_imagenet
 from zsl_jax.data import transforms
-from zsl_jax.tools import build_hierarchy
-from zsl_jax.tools import make_splits
+from zsl_jax.projects.hgr.tools import build_hierarchy
+from zsl_jax.projects.hgr.tools import make_splits
 
 S = 32  # Preprocessed image size in these tests (the pipeline default is 224).
 
@@ -166,7 +166,7 @@ def test_demo_prepare_is_fast_and_complete(tmp_path):
 
 
 def test_array_record_copy_reads_back_through_grain(demo, tmp_path):
-  from zsl_jax.data import array_record  # pylint: disable=import-outside-toplevel
+  from zsl_jax.projects.hgr.data import array_record  # pylint: disable=import-outside-toplevel
   index, _ = demo
   records = array_record.build(index, "test", "rest", tmp_path / "rec")
   assert len(records) == len(index.rows("test", "rest"))
@@ -218,7 +218,7 @@ def test_reference_loader_emulation_repeats_the_first_chunk():
 @pytest.mark.torch
 def test_load_image_matches_torchvision_clip_transform(demo):
   """The decode + preprocess step gives the reference's (torchvision) CLIP input pixels."""
-  from zsl_jax.utils.torch_import import import_torchvision  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.torch_io import import_torchvision  # pylint: disable=import-outside-toplevel
   tv = import_torchvision()
   index, _ = demo
   tf = tv.transforms.Compose([

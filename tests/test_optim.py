@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zsl_jax import configs_lib, optim
+from zsl_jax import optim
+
+from zsl_jax import config_lib
 from zsl_jax.errors import UserError
 
 torch = pytest.importorskip("torch")
@@ -67,7 +69,7 @@ def _assert_close(a, b):
 
 def test_adamw_with_warmup_cosine_and_clipping_matches_torch():
   params, targets = _problem()
-  cfg = configs_lib.optim_config(name="adamw", lr=0.1, weight_decay=0.2, grad_clip_norm=1.0,
+  cfg = config_lib.optim_config(name="adamw", lr=0.1, weight_decay=0.2, grad_clip_norm=1.0,
                                  schedule=dict(type="cosine", warmup_steps=2))
   warm, total = 2, STEPS
   lam = lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm)))
@@ -78,7 +80,7 @@ def test_adamw_with_warmup_cosine_and_clipping_matches_torch():
 
 def test_rmsprop_matches_torch_rmsprop_with_momentum_and_weight_decay():
   params, targets = _problem(1)
-  cfg = configs_lib.optim_config(name="rmsprop", lr=1e-2, weight_decay=1e-2, momentum=0.9, rms_decay=0.99)
+  cfg = config_lib.optim_config(name="rmsprop", lr=1e-2, weight_decay=1e-2, momentum=0.9, rms_decay=0.99)
   ref = _run_torch(lambda ts: torch.optim.RMSprop(ts, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=1e-2,
                                                   momentum=0.9), params, targets)
   _assert_close(_run_jax(cfg, params, targets), ref)
@@ -86,7 +88,7 @@ def test_rmsprop_matches_torch_rmsprop_with_momentum_and_weight_decay():
 
 def test_sgd_nesterov_matches_torch():
   params, targets = _problem(2)
-  cfg = configs_lib.optim_config(name="sgd", lr=1e-2, weight_decay=1e-3, momentum=0.9, nesterov=True)
+  cfg = config_lib.optim_config(name="sgd", lr=1e-2, weight_decay=1e-3, momentum=0.9, nesterov=True)
   ref = _run_torch(lambda ts: torch.optim.SGD(ts, lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-3),
                    params, targets)
   _assert_close(_run_jax(cfg, params, targets), ref)
@@ -95,7 +97,7 @@ def test_sgd_nesterov_matches_torch():
 def test_param_groups_different_optimizer_and_freeze():
   """HGR-Net shape: AdamW on the backbone, SGD on level weights; here also one frozen tensor."""
   params, targets = _problem(3)
-  cfg = configs_lib.optim_config(
+  cfg = config_lib.optim_config(
       name="adamw", lr=1e-2, weight_decay=0.1, grad_clip_norm=0.5,
       groups=(("^theta$", dict(name="sgd", lr=0.05, weight_decay=0.0, grad_clip_norm=0.0)),
               ("visual/bias", None)))
@@ -120,17 +122,17 @@ def test_param_groups_different_optimizer_and_freeze():
 
 def test_bad_optimizer_settings_are_named():
   with pytest.raises(UserError, match="optim.name='adagrad'"):
-    optim.make(configs_lib.optim_config(name="adagrad"), 10)
+    optim.make(config_lib.optim_config(name="adagrad"), 10)
   with pytest.raises(UserError, match="'lrate' is unknown"):
-    optim.make(configs_lib.optim_config(groups=(("x", dict(lrate=1.0)),)), 10)
+    optim.make(config_lib.optim_config(groups=(("x", dict(lrate=1.0)),)), 10)
   with pytest.raises(UserError, match="schedule type 'exp'"):
-    optim.make(configs_lib.optim_config(schedule=dict(type="exp", warmup_steps=0, end_factor=0.0)), 10)
+    optim.make(config_lib.optim_config(schedule=dict(type="exp", warmup_steps=0, end_factor=0.0)), 10)
 
 
 def test_accumulated_grads_match_torch_without_zero_grad():
   """Reference quirk switch: torch never calling zero_grad() with in-place clipping, then AdamW."""
   params, targets = _problem(4)
-  cfg = configs_lib.optim_config(name="adamw", lr=0.05, weight_decay=0.0, grad_clip_norm=1.0, accumulate_grads=True)
+  cfg = config_lib.optim_config(name="adamw", lr=0.05, weight_decay=0.0, grad_clip_norm=1.0, accumulate_grads=True)
 
   class NoZeroGrad:
     def __init__(self, ts):
@@ -145,7 +147,7 @@ def test_accumulated_grads_match_torch_without_zero_grad():
 
 
 def test_fp16_rounding_drops_updates_below_float16_spacing():
-  cfg = configs_lib.optim_config(name="sgd", lr=1e-6, fp16_round="clip")
+  cfg = config_lib.optim_config(name="sgd", lr=1e-6, fp16_round="clip")
   tx, _ = optim.make(cfg, 10)
   p = {"visual": {"conv1": {"kernel": jnp.array([0.5, 2.0 ** -14], jnp.float32)}},
        "ln_final": {"scale": jnp.array([0.5], jnp.float32)}}

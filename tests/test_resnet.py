@@ -13,7 +13,7 @@ pytestmark = pytest.mark.torch
 def _randomised_torchvision(arch, seed):
   """torchvision ResNet with random BN statistics and affine terms, so BN conversion matters."""
   import torch  # pylint: disable=import-outside-toplevel
-  from zsl_jax.utils.torch_import import import_torchvision  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.torch_io import import_torchvision  # pylint: disable=import-outside-toplevel
   tv = import_torchvision()
   torch.manual_seed(seed)
   model = getattr(tv.models, arch)(weights=None).eval()

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from zsl_jax.data import imagenet21k
+from zsl_jax.projects.hgr.data import imagenet21k
 from zsl_jax.errors import UserError
-from zsl_jax.hierarchy import graph
-from zsl_jax.hierarchy import splits
-from zsl_jax.tools import make_splits
+from zsl_jax.projects.hgr.hierarchy import graph
+from zsl_jax.projects.hgr.hierarchy import splits
+from zsl_jax.projects.hgr.tools import make_splits
 
 SEEN = ["n00000011", "n00000012"]
 UNSEEN = ["n00000021", "n00000022", "n00000023"]

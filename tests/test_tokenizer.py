@@ -30,7 +30,7 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def open_clip_tokenize():
-  from zsl_jax.utils.torch_import import import_open_clip  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.torch_io import import_open_clip  # pylint: disable=import-outside-toplevel
   oc = import_open_clip()
   tok = oc.get_tokenizer("RN50-quickgelu")
   return lambda texts: tok(texts).numpy()

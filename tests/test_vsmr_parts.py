@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-from zsl_jax.losses import vsmr as vsmr_losses
-from zsl_jax.models import vsmr as vsmr_model
-from zsl_jax.trainers.vsmr import refine_prototypes
+from zsl_jax.projects.attr.losses import vsmr as vsmr_losses
+from zsl_jax.projects.attr.models import vsmr as vsmr_model
+from zsl_jax.projects.attr.trainers.vsmr import refine_prototypes
 
 
 def _torch_losses(f, labels):

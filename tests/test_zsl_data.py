@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import scipy.io
 
-from zsl_jax.data import synthetic_zsl
-from zsl_jax.data import zsl_benchmarks as zb
+from zsl_jax.projects.attr.data import demo as synthetic_zsl
+from zsl_jax.projects.attr.data import benchmarks as zb
 from zsl_jax.errors import UserError
 
 # Shapes and split sizes of the real xlsa17 files (shared/data/README.md).

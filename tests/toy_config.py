@@ -1,16 +1,16 @@
 """Config of the test-only toy trainer (tests/toy_trainer.py); not a user-facing method."""
 import ml_collections
 
-from zsl_jax import configs_lib
+from zsl_jax import config_lib
 
 
 def get_config(arg=None):
-  a = configs_lib.parse_arg(arg, steps=12)
-  c = configs_lib.base_config()
+  a = config_lib.parse_arg(arg, steps=12)
+  c = config_lib.base_config()
   c.trainer = "tests.toy_trainer"
   c.total_steps = a.steps
   c.batch_size = 32
-  c.optim = configs_lib.optim_config(name="adamw", lr=3e-2, weight_decay=1e-4, grad_clip_norm=1.0,
+  c.optim = config_lib.optim_config(name="adamw", lr=3e-2, weight_decay=1e-4, grad_clip_norm=1.0,
                                      schedule=dict(type="cosine", warmup_steps=2))
   c.checkpoint.every_steps = 4
   c.log.every_steps = 1

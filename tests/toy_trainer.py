@@ -15,7 +15,7 @@ import optax
 
 from zsl_jax.data import pipeline
 from zsl_jax.evaluators import base as eval_base
-from zsl_jax.trainers import base
+from zsl_jax import trainer as base
 
 
 class MLP(nn.Module):

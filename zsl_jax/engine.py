@@ -23,6 +23,7 @@ import optax
 from zsl_jax import checkpoint as ckpt_lib
 from zsl_jax import metrics as metrics_lib
 from zsl_jax import optim
+from zsl_jax import projects
 from zsl_jax import sharding
 from zsl_jax.errors import UserError
 
@@ -36,14 +37,18 @@ class Preempted(SystemExit):
 
 
 def import_by_convention(name, package):
-  """"hgr" -> zsl_jax.<package>.hgr; a dotted name ("tests.toy_trainer") is imported as is."""
-  module = name if "." in name else f"zsl_jax.{package}.{name}"
+  """A short name ("hgr", "gzsl") or a dotted module path ("tests.toy_trainer") -> the module."""
+  table = projects.TRAINERS if package == "trainers" else projects.EVALUATORS
+  field = "trainer" if package == "trainers" else "evals.<name>.type"
+  if "." not in name and name not in table:
+    raise UserError(f"config.{field}={name!r} is not a shipped {package[:-1]} ({', '.join(sorted(table))}) "
+                    f"nor a dotted module path; check config.{field}")
+  module = table.get(name, name)
   try:
     return importlib.import_module(module)
   except ModuleNotFoundError as e:
     if e.name and module.startswith(e.name):
-      raise UserError(f"no {package[:-1]} module {module!r} for {name!r}; check config."
-                      f"{'trainer' if package == 'trainers' else 'evals.<name>.type'}") from e
+      raise UserError(f"no {package[:-1]} module {module!r} for {name!r}; check config.{field}") from e
     raise
 
 
@@ -111,6 +116,11 @@ class _StopSignal:
     return flag
 
 
+def trainer_class(config):
+  """The Trainer class named by `config.trainer` (a short name or a dotted module path)."""
+  return import_by_convention(config.trainer, "trainers").Trainer
+
+
 class Engine:
   """Builds the sharded state and the step functions for one config; `train()` / `evaluate()`."""
 
@@ -118,8 +128,7 @@ class Engine:
     self.config = config
     self.workdir = pathlib.Path(workdir)
     self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh)
-    trainer_module = import_by_convention(config.trainer, "trainers")
-    self.trainer = trainer_module.Trainer(config, self.mesh)
+    self.trainer = trainer_class(config)(config, self.mesh)
     self.is_main = jax.process_index() == 0
     init_rng, self._train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     self._init_rng = init_rng

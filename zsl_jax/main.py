@@ -96,26 +96,21 @@ def main(argv):
     _fail("--workdir is required: the folder for checkpoints and metrics (re-using it resumes)")
   from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
   from zsl_jax import engine  # pylint: disable=import-outside-toplevel
-  from zsl_jax import retrain  # pylint: disable=import-outside-toplevel
   try:
-    retrain.check(config)  # before anything is written
+    trainer_cls = engine.trainer_class(config)
+    trainer_cls.check_config(config)  # before anything is written
     _setup_platform(config)
     import jax  # pylint: disable=import-outside-toplevel
-    workdir = pathlib.Path(workdir).expanduser()
-    if jax.process_index() == 0:
-      workdir.mkdir(parents=True, exist_ok=True)
-      _write_config(config, workdir)
-    logger.info("zsl_jax: trainer=%s mode=%s workdir=%s devices=%d processes=%d",
-                 config.trainer, config.mode, workdir, jax.device_count(), jax.process_count())
-    engine.run(config, workdir)
-    if retrain.requested(config):
-      step = retrain.selected_step(config, workdir)
-      config, workdir = retrain.retrain_config(config, step, workdir), workdir / retrain.SUBDIR
+    run = (config, pathlib.Path(workdir).expanduser())
+    while run is not None:  # a method may ask for a follow-up run (e.g. retraining on trainval)
+      config, workdir = run
       if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         _write_config(config, workdir)
-      logger.info("zsl_jax: retraining on trainval for the %d iterations selected on validation, in %s", step, workdir)
+      logger.info("zsl_jax: trainer=%s mode=%s workdir=%s devices=%d processes=%d",
+                  config.trainer, config.mode, workdir, jax.device_count(), jax.process_count())
       engine.run(config, workdir)
+      run = trainer_cls.next_run(config, workdir)
   except UserError as e:
     _fail(str(e))
   except engine.TrainingDiverged as e:

@@ -133,7 +133,7 @@ def _group_settings(base, overrides):
 
 
 def make(optim_config, total_steps):
-  """Returns (optax transform, {group name: lr schedule}) for `optim_config` (see configs_lib)."""
+  """Returns (optax transform, {group name: lr schedule}) for `optim_config` (see config_lib)."""
   base = {k: optim_config[k] for k in _GROUP_KEYS}
   groups = list(optim_config.get("groups", ()) or ())
   transforms, schedules, matchers = {}, {}, []

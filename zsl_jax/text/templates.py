@@ -2,7 +2,7 @@
 
 Data from Radford et al. 2021 (the prompt-engineering list released with CLIP). Zero-shot
 classifiers average the normalised text embeddings of one class over all templates
-(`zsl_jax.models.zero_shot.build_classifier`). HGR-Net uses only `HGR_TEMPLATE`.
+(`zsl_jax.models.clip.zero_shot.build_classifier`). HGR-Net uses only `HGR_TEMPLATE`.
 """
 
 HGR_TEMPLATE = "a photo of a {}."

@@ -27,7 +27,7 @@ def parse_args(argv):
 def convert(input_path, output_dir, overwrite=False):
   """Converts and writes; returns the CLIPConfig."""
   from zsl_jax.models import clip as clip_lib  # pylint: disable=import-outside-toplevel
-  from zsl_jax.models import clip_convert  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.clip import convert as clip_convert  # pylint: disable=import-outside-toplevel
   if os.path.exists(os.path.join(output_dir, clip_lib.CONFIG_FILE)) and not overwrite:
     raise UserError(f"{output_dir} already holds a converted CLIP; pass --overwrite or choose another OUTPUT")
   config, variables = clip_convert.convert(input_path)

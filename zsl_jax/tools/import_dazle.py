@@ -1,99 +1,11 @@
-"""Import an official DAZLE checkpoint (hbdat/cvpr20_DAZLE, PyTorch) into zsl_jax.
+"""`python -m zsl_jax.tools.import_dazle` (attribute ZSL: official DAZLE checkpoints); the code lives in `zsl_jax.projects.attr.tools.import_dazle`.
 
-`python -m zsl_jax.tools.import_dazle --checkpoint model.pth --hdf5 feature_map_ResNet_101_AWA2.hdf5
---normalize-V --out dazle_awa2.npz` reads the state dict (torch is imported here only), takes the
-seen/unseen classes from the feature file, converts with
-`zsl_jax.models.dazle.from_torch_state_dict`, checks the conversion on random features and writes
-an `.npz` (params, constants, options). Both the `.pth` and the `.npz` can be given to
-`--config.init.checkpoint=` of configs/dazle_*.py (e.g. with `--config.mode=eval`).
+`zsl_jax.tools` is the command layer: one short module per user command, above the core and the
+projects, so the commands stay the same wherever their code lives.
 """
-import argparse
-import json
 import sys
 
-import numpy as np
-
-from zsl_jax.errors import UserError
-
-OPTION_FLAGS = ("normalize_V", "normalize_F", "is_bias", "uniform_att_1", "uniform_att_2", "is_sigmoid",
-                "non_linear_act")
-
-
-def read_torch_state_dict(path):
-  """A state dict from a torch file: a bare state dict, or one under 'state_dict' / 'model'."""
-  if str(path).endswith(".npz"):
-    with np.load(path) as z:
-      return {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("params/")} | (
-          {"att": z["constants/att"]} if "constants/att" in z.files else {})
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise UserError("reading a PyTorch checkpoint needs torch: pip install torch (CPU is enough)") from e
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-  except (OSError, RuntimeError, EOFError) as e:
-    raise UserError(f"{path} is not a readable PyTorch file ({e})") from e
-  if hasattr(obj, "state_dict") and callable(obj.state_dict):
-    obj = obj.state_dict()
-  for key in ("state_dict", "model", "model_state_dict"):
-    if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-      obj = obj[key]
-  if not isinstance(obj, dict):
-    raise UserError(f"{path} holds a {type(obj).__name__}, not a DAZLE state dict")
-  return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
-
-
-def convert(state_dict, seen_classes, unseen_classes, check=True, **options):
-  """from_torch_state_dict plus a finiteness check of the scores on random non-negative features."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from zsl_jax.models import dazle  # pylint: disable=import-outside-toplevel
-  module, variables = dazle.from_torch_state_dict(state_dict, seen_classes=seen_classes,
-                                                  unseen_classes=unseen_classes, **options)
-  if check:
-    x = np.abs(np.random.default_rng(0).standard_normal((2, 49, module.feature_dim))).astype(np.float32)
-    out = module.apply(variables, x)
-    if not np.isfinite(np.asarray(out["scores"])).all():
-      raise UserError("the converted model gives non-finite scores; the checkpoint is damaged")
-  return module, jax.device_get(variables)
-
-
-def save_npz(path, variables, options):
-  arrays = {f"{col}/{k}": np.asarray(v) for col in ("params", "constants") for k, v in variables[col].items()}
-  np.savez(path, options=json.dumps(options), **arrays)
-
-
-def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.import_dazle", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True, help="official DAZLE .pth/.pt (a state dict or a saved model)")
-  p.add_argument("--hdf5", default=None, help="DAZLE feature file of the dataset: seen/unseen classes come from "
-                 "its trainval_loc/test_unseen_loc and labels")
-  p.add_argument("--att-splits", default=None, help="xlsa17 att_splits.mat + --res101, instead of --hdf5")
-  p.add_argument("--res101", default=None, help="xlsa17 res101.mat (per-image labels), with --att-splits")
-  p.add_argument("--dataset", default="AWA2", help="AWA2, CUB or SUN (for the readers' conventions)")
-  p.add_argument("--out", required=True, help="output .npz (params, constants, options)")
-  for flag in OPTION_FLAGS:
-    p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action=argparse.BooleanOptionalAction,
-                   default=flag in ("normalize_F", "is_bias"),
-                   help=f"the official constructor's {flag} the model was trained with")
-  args = p.parse_args(argv)
-  try:
-    from zsl_jax.data import zsl_benchmarks  # pylint: disable=import-outside-toplevel
-    if args.hdf5 is None and (args.att_splits is None or args.res101 is None):
-      raise UserError("pass --hdf5, or --att-splits with --res101, to know the seen and unseen classes")
-    ds = zsl_benchmarks.load_zsl_dataset(args.dataset, hdf5=args.hdf5, att_splits=args.att_splits, res101=args.res101)
-    options = {f: getattr(args, f) for f in OPTION_FLAGS}
-    sd = read_torch_state_dict(args.checkpoint)
-    module, variables = convert(sd, ds.seen_classes, ds.unseen_classes, att=None if "att" in sd else ds.att,
-                                **options)
-    save_npz(args.out, variables, options)
-  except UserError as e:
-    print(f"import_dazle: error: {e}", file=sys.stderr)
-    return 2
-  print(f"wrote {args.out}: {module.num_attributes} attributes, {module.feature_dim}-d features, "
-        f"{len(ds.seen_classes)} seen / {len(ds.unseen_classes)} unseen classes")
-  return 0
-
+from zsl_jax.projects.attr.tools.import_dazle import main
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  sys.exit(main())

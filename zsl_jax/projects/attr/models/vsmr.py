@@ -1,0 +1,103 @@
+"""VSMR (Zhang et al., JEI 2024): DAZLE's attention gated by an attribute mask (dazle_vsmr.md §5).
+
+Three parts, one module so that one checkpoint holds the whole method:
+- `visual`: DAZLE's dense attribute attention, restricted to the attributes the image is believed
+  to have (mask M [B, I]: ground-truth class attributes > 0 in training, the attribute classifier
+  at test). Absent attributes get logit -1000 before the softmax (an explicit mask instead of the
+  reference's exact-zero test, §9.5), their maps are zeroed, and their weights w = sigmoid(-1000)
+  vanish. The image vector is f = Σ_i w_i h_i [B, F].
+- `attr_classifier`: Linear(F -> I) on the mean of the region features. With a frozen backbone this
+  is exactly the reference's ResNet-101 with a new fc (torchvision's avgpool is that mean).
+- `encoder` / `decoder`: the semantic autoencoder (attributes -> visual prototype -> attributes).
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from zsl_jax.projects.attr.models.dazle import l2_normalize
+
+ABSENT_LOGIT = -1000.0
+
+
+class MaskedAttention(nn.Module):
+  """Region features [B, R, F] + mask [B, I] -> image vector f [B, F] and the attention parts."""
+  num_attributes: int
+  feature_dim: int = 2048
+  w2v_dim: int = 300
+  normalize_V: bool = True
+  normalize_F: bool = True
+  trainable_w2v: bool = True
+
+  @nn.compact
+  def __call__(self, features, mask):
+    # The reference initialises W_2, W_3 ~ N(0, 1) here (zeros would mask every attribute).
+    V = self.param("V", nn.initializers.normal(1.0), (self.num_attributes, self.w2v_dim))
+    if not self.trainable_w2v:
+      V = jax.lax.stop_gradient(V)
+    W2 = self.param("W_2", nn.initializers.normal(1.0), (self.w2v_dim, self.feature_dim))
+    W3 = self.param("W_3", nn.initializers.normal(1.0), (self.w2v_dim, self.feature_dim))
+    hp = jax.lax.Precision.HIGHEST
+    Vn = l2_normalize(V) if self.normalize_V else V
+    x = features.astype(jnp.float32)
+    if self.normalize_F:
+      x = l2_normalize(x, axis=-1)
+    mask = mask.astype(bool)
+    logits = jnp.einsum("if,brf->bir", jnp.dot(Vn, W2, precision=hp), x, precision=hp)  # [B, I, R]
+    logits = jnp.where(mask[:, :, None], logits, ABSENT_LOGIT)
+    attention = jax.nn.softmax(logits, axis=-1) * mask[:, :, None]
+    h = jnp.einsum("bir,brf->bif", attention, x, precision=hp)  # [B, I, F], zero for absent attributes
+    w_logits = jnp.einsum("if,bif->bi", jnp.dot(Vn, W3, precision=hp), h, precision=hp)
+    weights = jax.nn.sigmoid(jnp.where(mask, w_logits, ABSENT_LOGIT))  # [B, I]
+    embedding = jnp.einsum("bi,bif->bf", weights, h, precision=hp)  # [B, F]
+    return {"embedding": embedding, "attention": attention, "attribute_attention": weights,
+            "attribute_features": h}
+
+
+class MLP(nn.Module):
+  hidden: int
+  out: int
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.out, name="fc2")(nn.relu(nn.Dense(self.hidden, name="fc1")(x)))
+
+
+class VSMR(nn.Module):
+  num_attributes: int
+  feature_dim: int = 2048
+  w2v_dim: int = 300
+  hidden: int = 1850
+  normalize_V: bool = True
+  normalize_F: bool = True
+  trainable_w2v: bool = True
+  classifier_pool: str = "mean"  # mean = torchvision's avgpool (the reference); max for localised demo data
+
+  def setup(self):
+    self.visual = MaskedAttention(self.num_attributes, self.feature_dim, self.w2v_dim, self.normalize_V,
+                                  self.normalize_F, self.trainable_w2v)
+    self.attr_classifier = nn.Dense(self.num_attributes)
+    self.encoder = MLP(self.hidden, self.feature_dim)
+    self.decoder = MLP(self.hidden, self.num_attributes)
+
+  def __call__(self, features, mask, class_att):
+    """Everything at once (used for init): visual outputs, attribute logits, E(a), D(E(a))."""
+    out = self.embed(features, mask)
+    out["attribute_logits"] = self.attribute_logits(features)
+    out["prototypes"] = self.encoder(class_att)
+    out["reconstruction"] = self.decoder(out["prototypes"])
+    return out
+
+  def embed(self, features, mask):
+    return self.visual(features, mask)
+
+  def attribute_logits(self, features):
+    """Per-image attribute logits [B, I] from the pooled (un-normalised) region features."""
+    x = jax.lax.stop_gradient(features.astype(jnp.float32))
+    return self.attr_classifier(x.max(1) if self.classifier_pool == "max" else x.mean(1))
+
+  def encode(self, class_att):
+    return self.encoder(class_att)
+
+  def autoencode(self, class_att):
+    p = self.encoder(class_att)
+    return p, self.decoder(p)

@@ -1,0 +1,264 @@
+"""HGR-Net trainer: CLIP fine-tuned with the hierarchical OM loss on class-pure batches.
+
+Per step the host draws one class's images (`data.batchers`, class-pure), samples every
+contrast's negatives (`losses.hgr.ContrastSampler`, seeded by (seed, step) so a resumed run
+draws the same ones), deduplicates the prompts and truncates their tokens after the last EOT.
+The device encodes the images once and the unique prompts once, then scores all contrasts as one
+[G, B, C] tensor. The adaptive level weights θ are parameters (`hgr/level_theta`) with their own
+optimizer group.
+"""
+import dataclasses
+import functools
+import logging
+import math
+import pathlib
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zsl_jax.projects.hgr.data import batchers
+from zsl_jax.projects.hgr.data import imagenet21k
+from zsl_jax.data import pipeline
+from zsl_jax.errors import UserError
+from zsl_jax.projects.hgr.hierarchy import graph as graph_lib
+from zsl_jax.projects.hgr import loss as hgr_loss
+from zsl_jax.models import clip as clip_lib
+from zsl_jax.text import tokenizer
+from zsl_jax import trainer as base
+
+logger = logging.getLogger(__name__)
+
+CONTRAST_KEYS = ("columns", "k_index", "m_index", "group_mask", "outer_depths", "inner_depths")
+
+
+def clip_config(model_config):
+  """A preset ("RN50", "ViT-B/32", ...) or, for `name="custom"`, the explicit sizes in the config."""
+  if model_config.name != "custom":
+    return clip_lib.get_config(model_config.name)
+  c = model_config.custom
+  return clip_lib.CLIPConfig(embed_dim=c.embed_dim, image_resolution=c.image_resolution,
+                             vision_layers=tuple(c.vision_layers), vision_width=c.vision_width,
+                             vision_patch_size=None, context_length=77,
+                             transformer_width=c.transformer_width, transformer_heads=c.transformer_heads,
+                             transformer_layers=c.transformer_layers)
+
+
+def prepare_data(data_config):
+  """(hierarchy, image index); builds the embedded demo data on first use when `data.demo` is set."""
+  hierarchy_file, index_dir = data_config.hierarchy, data_config.index
+  if data_config.demo:
+    from zsl_jax.projects.hgr.data import demo as synthetic_imagenet  # pylint: disable=import-outside-toplevel
+    root = pathlib.Path(data_config.demo_root).expanduser()
+    if jax.process_index() == 0:
+      paths = synthetic_imagenet.prepare_demo(root, seed=0)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices("zsl_jax demo data")
+    paths = synthetic_imagenet.prepare_demo(root, seed=0)  # Reads the finished build on every host.
+    hierarchy_file = str(pathlib.Path(paths["hierarchy_dir"]) / "hierarchy.json")
+    index_dir = paths["index"]
+  if not hierarchy_file or not index_dir:
+    raise UserError("set --config.data.hierarchy=<hierarchy.json from build_hierarchy> and "
+                    "--config.data.index=<folder from make_splits> (or use the :demo config)")
+  hierarchy = graph_lib.Hierarchy.load(hierarchy_file)
+  index = imagenet21k.ImageIndex(index_dir)
+  index.check_hierarchy(hierarchy)
+  return hierarchy, index
+
+
+def prompt_tokens(hierarchy, template):
+  """[N, 77] int32 tokens of "a photo of a {name}." for every node (the reference's one template)."""
+  if "{}" not in template:
+    raise UserError(f"hgr.template={template!r} needs a '{{}}' where the class name goes")
+  return tokenizer.tokenize([template.format(n) for n in hierarchy.names])
+
+
+def level_counts(hierarchy):
+  """N_d: number of classes at each depth (adaptive θ init and inverse-count weights)."""
+  return np.asarray([len(n) for n in hierarchy.nodes_at_depth], np.float32)
+
+
+def _bucket(n, minimum=64):
+  """Next power of two >= n (and >= minimum): few distinct prompt-batch shapes, few compiles."""
+  return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+@dataclasses.dataclass
+class AddContrasts:
+  """grain map (with the step as index): sample the step's contrasts and gather its prompts.
+
+  Every host computes the same contrasts (same seed, same step, same class), so the contrast
+  arrays are replicated batch entries; the images stay sharded.
+  """
+  sampler: hgr_loss.ContrastSampler
+  slots: batchers.ClassPureSlots
+  tokens: np.ndarray
+  seed: int
+
+  def __call__(self, step, batch):
+    c, _ = self.slots.step_class(step)
+    label = int(self.slots.classes[c])
+    rng = np.random.default_rng([self.seed, 7, int(step)])
+    contrasts = self.sampler.sample(label, rng)
+    unique, columns, n = hgr_loss.dedupe_prompts(contrasts.node_ids, multiple=1)
+    size = _bucket(n)
+    nodes = np.full(size, unique[0], np.int32)
+    nodes[:n] = unique[:n]
+    out = dict(batch)
+    out["prompt_tokens"] = tokenizer.truncate_tokens(self.tokens[nodes])
+    out["columns"] = columns
+    for key in CONTRAST_KEYS[1:]:
+      out[key] = getattr(contrasts, key)
+    out["num_prompts"] = np.int32(n)
+    return out
+
+
+class Trainer(base.Trainer):
+  """config.trainer = "hgr"."""
+
+  replicated_batch_keys = ("prompt_tokens", "num_prompts") + CONTRAST_KEYS
+
+  def __init__(self, config, mesh):
+    super().__init__(config, mesh)
+    self.hierarchy, self.index = prepare_data(config.data)
+    self.clip_config = clip_config(config.model)
+    self.module = clip_lib.CLIP(self.clip_config, self.dtype,
+                                bn_use_running_average=not config.model.bn_train)
+    self.tokens = prompt_tokens(self.hierarchy, config.hgr.template)
+    self.level_counts = level_counts(self.hierarchy)
+    self.paths = self.hierarchy.path_array()
+    h = config.hgr
+    if h.level_weights not in hgr_loss.SCHEMES:
+      raise UserError(f"hgr.level_weights={h.level_weights!r}; use one of {', '.join(hgr_loss.SCHEMES)}")
+    candidates = self.hierarchy.indices(self.index.class_list(config.data.model_classes))
+    self.sampler = hgr_loss.ContrastSampler(
+        self.paths, self.hierarchy.depth, self.hierarchy.children, self.hierarchy.nodes_at_depth[0],
+        out_ratio=h.out_ratio, in_ratio=h.in_ratio, strategy=h.sampler, k=h.k,
+        num_negatives=h.num_negatives, method=h.method, candidates=candidates,
+        similarity_fn=self._similarity_fn() if h.sampler == "near_simi" else None)
+    logger.info("HGR-Net: %d classes, max depth %d, level weights %s (by %s, weighting %s), sampler %s "
+                "(k=%d, %d negatives), K=%.2f, M=%.2f, %d contrasts max per step",
+                len(self.hierarchy), self.hierarchy.max_depth, h.level_weights, h.index_by, h.weighting,
+                h.sampler, h.k, h.num_negatives, h.out_ratio, h.in_ratio, self.sampler.g_max)
+
+  # ------------------------------------------------------------------ variables
+  def init_variables(self, rng):
+    c = self.clip_config
+    images = jnp.zeros((1, c.image_resolution, c.image_resolution, 3), jnp.float32)
+    variables = self.module.init(rng, images, jnp.zeros((1, 8), jnp.int32))
+    theta = hgr_loss.init_theta(self.level_counts, self.config.hgr.theta_scale)
+    return {"params": {"clip": variables["params"], "hgr": {"level_theta": theta}},
+            "batch_stats": variables.get("batch_stats", {})}
+
+  def load_init(self, path, abstract_variables):
+    """OpenAI / open_clip / HGR-Net torch checkpoints or a converted CLIP folder as initial weights."""
+    if pathlib.Path(path).is_dir() and not (pathlib.Path(path) / clip_lib.CONFIG_FILE).exists():
+      return None  # Not a converted CLIP folder (e.g. a workdir without checkpoints).
+    loaded = clip_lib.load(path)
+    if loaded.config != self.clip_config:
+      raise UserError(f"{path} holds CLIP {clip_lib.preset_name(loaded.config)} but the config builds "
+                      f"{clip_lib.preset_name(self.clip_config)}; set --config.model.name accordingly")
+    params = {"clip": loaded.variables["params"],
+              "hgr": {"level_theta": hgr_loss.init_theta(self.level_counts, self.config.hgr.theta_scale)}}
+    return {"params": params, "batch_stats": loaded.variables.get("batch_stats", {})}
+
+  def clip_variables(self, variables):
+    return {"params": variables["params"]["clip"], "batch_stats": variables.get("batch_stats", {})}
+
+  # ------------------------------------------------------------------ loss
+  def encode(self, variables, images, tokens, train=False):
+    """Normalised image [B, E] and prompt [U, E] features (and BatchNorm updates when training them)."""
+    clip_vars = self.clip_variables(variables)
+    if train and self.config.model.bn_train:
+      img, updates = self.module.apply(clip_vars, images, train=True, method=clip_lib.CLIP.encode_image,
+                                       mutable=["batch_stats"])
+    else:
+      img, updates = self.module.apply(clip_vars, images, method=clip_lib.CLIP.encode_image), {}
+    txt = self.module.apply(clip_vars, tokens, method=clip_lib.CLIP.encode_text)
+    img = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
+    txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
+    return img, txt, updates
+
+  def loss(self, variables, batch, rng, step):
+    del rng, step
+    h = self.config.hgr
+    img, txt, updates = self.encode(variables, batch["image"], batch["prompt_tokens"], train=True)
+    contrasts = {k: batch[k] for k in CONTRAST_KEYS}
+    theta = variables["params"]["hgr"]["level_theta"]
+    weights = hgr_loss.contrast_weights(h.level_weights, contrasts, theta, self.level_counts, h.weighting,
+                                        h.index_by)
+    logit_scale = variables["params"]["clip"]["logit_scale"]
+    loss, _ = hgr_loss.om_loss(img, txt, batch["columns"], weights, logit_scale, batch[pipeline.MASK_KEY])
+    metrics = {"logit_scale": jnp.exp(logit_scale), "contrasts": batch["group_mask"].sum(),
+               "prompts": batch["num_prompts"], "images": batch[pipeline.MASK_KEY].sum()}
+    return loss, (updates, metrics)
+
+  # ------------------------------------------------------------------ data
+  def _train_rows(self):
+    d = self.config.data
+    return self.index.rows(d.train_split, d.train_classes)
+
+  def steps_per_epoch(self):
+    return batchers.steps_per_epoch(self.index.labels(self._train_rows()), self.config.batch_size)
+
+  def train_iterator(self):
+    d = self.config.data
+    p, count = pipeline.process_info()
+    rows = self._train_rows()
+    slots = batchers.ClassPureSlots(self.index.labels(rows), rows, self.config.batch_size, self.config.seed, p,
+                                    count, batchers.INFINITE_STEPS)
+    ds = batchers.train_dataset(self.index, d.train_split, d.train_classes, global_batch_size=self.config.batch_size,
+                                batcher="class_pure", seed=self.config.seed, image_size=self.clip_config.image_resolution,
+                                preprocess="clip", slots=slots)
+    ds = ds.map_with_index(AddContrasts(self.sampler, slots, self.tokens, self.config.seed))
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch))
+    if d.num_workers > 0:
+      it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
+    return iter(it_ds)
+
+  def _similarity_fn(self):
+    """near_simi ranks negatives by prompt similarity under the *initial* text tower.
+
+    The reference recomputes similarities with the current model at every step; here they come
+    once from `config.init.checkpoint` (converted CLIP, torch file, or a zsl_jax run), which keeps
+    sampling on the host and deterministic across resumes. A randomly initialised text tower has
+    no meaningful similarities, so from-scratch runs must use another sampler.
+    """
+    from zsl_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+    path = self.config.init.checkpoint
+    if not path:
+      raise UserError("hgr.sampler='near_simi' ranks negatives by a pretrained text tower: set "
+                      "--config.init.checkpoint=<CLIP weights or a zsl_jax run>, or use hgr.sampler='topk'")
+    if ckpt_lib.is_zsl_checkpoint(path):
+      one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      abstract = jax.eval_shape(self.init_variables, jax.random.PRNGKey(0))
+      target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one),
+                                       abstract["params"])}
+      restored, _ = ckpt_lib.restore_subtree(path, target)
+      text_params = restored["params"]["clip"]
+    else:
+      loaded = clip_lib.load(path)
+      text_params = loaded.variables["params"]
+    module = clip_lib.CLIP(self.clip_config)
+    encode = jax.jit(lambda p, t: module.apply({"params": p}, t, method=clip_lib.CLIP.encode_text))
+    emb = np.asarray(clip_lib.encode_prompts_in_chunks(lambda t: encode(text_params, t), self.tokens, 256))
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)                            # [N, E]
+    logger.info("near_simi: prompt similarities from %s", path)
+    return lambda node: emb @ emb[node]
+
+  @functools.cached_property
+  def encode_prompts_fn(self):
+    """jitted (variables, tokens [U, L]) -> normalised prompt features [U, E] (evaluation)."""
+    def f(variables, tokens):
+      txt = self.module.apply(self.clip_variables(variables), tokens, method=clip_lib.CLIP.encode_text)
+      return txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
+    return jax.jit(f)
+
+  @functools.cached_property
+  def encode_images_fn(self):
+    def f(variables, images):
+      img = self.module.apply(self.clip_variables(variables), images, method=clip_lib.CLIP.encode_image)
+      return img / jnp.linalg.norm(img, axis=-1, keepdims=True)
+    return jax.jit(f)
