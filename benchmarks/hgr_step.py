@@ -68,13 +68,14 @@ def main(argv=None):
   import jax.numpy as jnp
   import optax
   from zsl_jax.projects.hgr import loss as hgr
+  from zsl_jax.projects.hgr import negatives as hgr_negatives
   from zsl_jax.models import clip as clip_lib
   from zsl_jax.text import tokenize, truncate_tokens
 
   paths, depth, children, roots = synthetic_hierarchy()
   names = [f"synthetic class number {i} of the benchmark" for i in range(len(depth))]
   tokens = tokenize([f"a photo of a {n}." for n in names])
-  sampler = hgr.ContrastSampler(paths, depth, children, roots, out_ratio=args.out_ratio, in_ratio=args.in_ratio,
+  sampler = hgr_negatives.ContrastSampler(paths, depth, children, roots, out_ratio=args.out_ratio, in_ratio=args.in_ratio,
                                 num_negatives=args.negatives)
   leaves = np.flatnonzero(depth == depth.max())
   rng = np.random.default_rng(0)
@@ -93,7 +94,7 @@ def main(argv=None):
 
   def step_inputs(step):
     c = sampler.sample(int(leaves[step % len(leaves)]), np.random.default_rng(step))
-    unique, columns, n = hgr.dedupe_prompts(c.node_ids, multiple=64)
+    unique, columns, n = hgr_negatives.dedupe_prompts(c.node_ids, multiple=64)
     prompt_tokens = truncate_tokens(tokens[unique])
     return c, prompt_tokens, columns, n
 

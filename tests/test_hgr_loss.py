@@ -12,6 +12,7 @@ import pytest
 
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr import loss as hgr
+from zsl_jax.projects.hgr import negatives as hgr_negatives
 
 torch = pytest.importorskip("torch")
 
@@ -81,7 +82,7 @@ def _torch_reference(sampler, label, negatives, feats, text, logit_scale, theta,
 
 
 def _jax_loss(contrasts, feats, text, logit_scale, theta, scheme, counts):
-  unique, columns, _ = hgr.dedupe_prompts(contrasts.node_ids)
+  unique, columns, _ = hgr_negatives.dedupe_prompts(contrasts.node_ids)
   return _jitted_loss(vars(contrasts), unique, columns, feats, text, logit_scale, theta, counts, scheme)
 
 
@@ -98,7 +99,7 @@ def _jitted_loss(contrasts, unique, columns, feats, text, logit_scale, theta, co
 @pytest.mark.parametrize("scheme", hgr.SCHEMES)
 def test_batched_loss_and_grads_match_reference_loop(ratios, scheme):
   paths, depth, children, roots = _random_tree()
-  sampler = hgr.ContrastSampler(paths, depth, children, roots, out_ratio=ratios[0], in_ratio=ratios[1],
+  sampler = hgr_negatives.ContrastSampler(paths, depth, children, roots, out_ratio=ratios[0], in_ratio=ratios[1],
                                 num_negatives=12)
   label = int(np.argmax(depth))  # A deep class: several anchors and levels.
   contrasts = sampler.sample(label, np.random.default_rng(7))
@@ -131,7 +132,7 @@ def test_batched_loss_and_grads_match_reference_loop(ratios, scheme):
 
 def test_fp32_batched_loss_matches_float64():
   paths, depth, children, roots = _random_tree()
-  sampler = hgr.ContrastSampler(paths, depth, children, roots, num_negatives=12)
+  sampler = hgr_negatives.ContrastSampler(paths, depth, children, roots, num_negatives=12)
   contrasts = sampler.sample(int(np.argmax(depth)), np.random.default_rng(0))
   rng = np.random.default_rng(2)
   feats, text = rng.normal(size=(6, 16)), rng.normal(size=(len(depth), 16))
@@ -147,7 +148,7 @@ def test_fp32_batched_loss_matches_float64():
 
 def test_topk_negatives_come_from_the_levels_above_and_skip_the_path():
   paths, depth, children, roots = _random_tree(80)
-  sampler = hgr.ContrastSampler(paths, depth, children, roots, out_ratio=1.0, in_ratio=1.0, k=1,
+  sampler = hgr_negatives.ContrastSampler(paths, depth, children, roots, out_ratio=1.0, in_ratio=1.0, k=1,
                                 num_negatives=500)
   label = int(np.argmax(depth))
   c = sampler.sample(label, np.random.default_rng(0))
@@ -177,14 +178,14 @@ def test_unknown_scheme_and_sampler_are_named():
     hgr.loop_weights("linear", jnp.zeros((2,), jnp.int32))
   paths, depth, children, roots = _random_tree()
   with pytest.raises(UserError, match="hgr.sampler='simi'"):
-    hgr.ContrastSampler(paths, depth, children, roots, strategy="simi")
+    hgr_negatives.ContrastSampler(paths, depth, children, roots, strategy="simi")
 
 
 def test_near_simi_takes_the_most_similar_nodes_around_the_level():
   paths, depth, children, roots = _random_tree(80)
   emb = np.random.default_rng(3).normal(size=(len(depth), 8))
   sim = lambda a: emb @ emb[a]
-  sampler = hgr.ContrastSampler(paths, depth, children, roots, out_ratio=0.25, in_ratio=0.25, k=1,
+  sampler = hgr_negatives.ContrastSampler(paths, depth, children, roots, out_ratio=0.25, in_ratio=0.25, k=1,
                                 num_negatives=3, strategy="near_simi", similarity_fn=sim)
   label = int(np.argmax(depth))
   c = sampler.sample(label, np.random.default_rng(0))

@@ -17,6 +17,7 @@ import pytest
 
 from tests.test_hgr_loss import _random_tree, _torch_weights
 from zsl_jax.projects.hgr import loss as hgr
+from zsl_jax.projects.hgr import negatives as hgr_negatives
 from zsl_jax.models import clip as clip_lib
 from zsl_jax.models.clip import convert as clip_convert
 from zsl_jax.text import tokenize, truncate_tokens
@@ -81,14 +82,14 @@ def _rel(a, b):
 def test_full_model_loss_and_gradients_match_reference(models, problem, ratios):
   ref, config, variables = models
   paths, depth, children, roots, tokens, images, counts, theta = problem
-  sampler = hgr.ContrastSampler(paths, depth, children, roots, out_ratio=ratios[0], in_ratio=ratios[1],
+  sampler = hgr_negatives.ContrastSampler(paths, depth, children, roots, out_ratio=ratios[0], in_ratio=ratios[1],
                                 num_negatives=NEGATIVES)
   label = int(np.argmax(depth))
   contrasts = sampler.sample(label, np.random.default_rng(5))
   negatives = {(int(k), int(m)): [int(x) for x in row[1:] if x >= 0]
                for k, m, row, ok in zip(contrasts.k_index, contrasts.m_index, contrasts.node_ids,
                                         contrasts.group_mask) if ok}
-  unique, columns, _ = hgr.dedupe_prompts(contrasts.node_ids, multiple=8)
+  unique, columns, _ = hgr_negatives.dedupe_prompts(contrasts.node_ids, multiple=8)
   prompt_tokens = jnp.asarray(truncate_tokens(tokens[unique]))
   module = clip_lib.CLIP(config)
   c = {k: jnp.asarray(v) for k, v in vars(contrasts).items()}
