@@ -1,4 +1,4 @@
-r"""DAZLE on AWA2 (dazle_vsmr.md §1.6, notebook/DAZLE_AWA2.ipynb).
+r"""DAZLE on AWA2 (Huynh & Elhamifar, CVPR 2020) with the official DAZLE_AWA2 notebook's recipe.
 
 Demo (generated data, ~1 min on a CPU):
   python -m zsl_jax.main --config=configs/dazle_awa2.py:demo --workdir=/tmp/dazle_awa2_demo
@@ -9,10 +9,10 @@ Reference protocol (model selected on the test set, as the notebooks; labelled t
 Evaluate a run (or an official DAZLE .pth / import_dazle .npz):
   python -m zsl_jax.main --config=configs/dazle_awa2.py --workdir=W --config.mode=eval --config.init.checkpoint=W
 """
-from zsl_jax.projects.attr import config as configs_zsl
+from zsl_jax import config_lib
+from zsl_jax.projects.attr import config as attr_config
 
 
 def get_config(arg=None):
-  from zsl_jax import config_lib  # pylint: disable=import-outside-toplevel
   a = config_lib.parse_arg(arg, demo=False)
-  return configs_zsl.dazle_config("AWA2", a.demo)
+  return attr_config.dazle_config("AWA2", a.demo)

@@ -1,4 +1,4 @@
-r"""HGR-Net low-shot fine-tuning (paper Fig. 2): start from the zero-shot model, add k images per unseen class.
+r"""HGR-Net low-shot fine-tuning (Yi et al., ECCV 2022, Fig. 2): start from the zero-shot model, add k images per unseen class.
 
   python -m zsl_jax.main --config=configs/hgr_rn50_lowshot.py:shots=5 --workdir=runs/hgr_ls5 \
       --config.init.checkpoint=runs/hgr_rn50 --config.data.hierarchy=... --config.data.index=...
@@ -7,7 +7,7 @@ r"""HGR-Net low-shot fine-tuning (paper Fig. 2): start from the zero-shot model,
 
 Training images: all seen images plus k of the 10 reserved images of every unseen class (index
 split `ls{k}_train`, nested in k); evaluation on the unseen classes' remaining images (`ls_test`).
-This is the documented protocol; the released scripts load seen classes only (spec §5).
+This is the documented protocol; the released scripts load seen classes only (a difference the README notes).
 """
 from zsl_jax.projects.hgr import config as hgr_rn50
 from zsl_jax import config_lib

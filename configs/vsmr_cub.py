@@ -1,4 +1,4 @@
-r"""VSMR on CUB (dazle_vsmr.md §5; recipe notes in zsl_jax/configs_zsl.py VSMR_RECIPES).
+r"""VSMR on CUB; recipe notes in zsl_jax/projects/attr/config.py (VSMR_RECIPES).
 
 Demo (generated data, ~1 min on a CPU):
   python -m zsl_jax.main --config=configs/vsmr_cub.py:demo --workdir=/tmp/vsmr_cub_demo
@@ -9,10 +9,10 @@ Transductive top-k prototype refinement (the reference's setting; labelled trans
 Evaluate a run:
   python -m zsl_jax.main --config=configs/vsmr_cub.py --workdir=W --config.mode=eval --config.init.checkpoint=W
 """
-from zsl_jax.projects.attr import config as configs_zsl
+from zsl_jax import config_lib
+from zsl_jax.projects.attr import config as attr_config
 
 
 def get_config(arg=None):
-  from zsl_jax import config_lib  # pylint: disable=import-outside-toplevel
   a = config_lib.parse_arg(arg, demo=False)
-  return configs_zsl.vsmr_config("CUB", a.demo)
+  return attr_config.vsmr_config("CUB", a.demo)

@@ -1,4 +1,4 @@
-r"""DAZLE on SUN (dazle_vsmr.md §1.6, notebook/DAZLE_SUN.ipynb; no attention over attributes (β ≡ 1), 100 epochs).
+r"""VSMR on SUN (no reference script: AWA2's settings with CUB's encoder size and top-k; see VSMR_RECIPES).
 
 Demo (generated data, ~1 min on a CPU):
   python -m zsl_jax.main --config=configs/vsmr_sun.py:demo --workdir=/tmp/vsmr_sun_demo
@@ -9,10 +9,10 @@ Transductive top-k prototype refinement (the reference's setting; labelled trans
 Evaluate a run:
   python -m zsl_jax.main --config=configs/vsmr_sun.py --workdir=W --config.mode=eval --config.init.checkpoint=W
 """
-from zsl_jax.projects.attr import config as configs_zsl
+from zsl_jax import config_lib
+from zsl_jax.projects.attr import config as attr_config
 
 
 def get_config(arg=None):
-  from zsl_jax import config_lib  # pylint: disable=import-outside-toplevel
   a = config_lib.parse_arg(arg, demo=False)
-  return configs_zsl.vsmr_config("SUN", a.demo)
+  return attr_config.vsmr_config("SUN", a.demo)
