@@ -11,6 +11,7 @@ This is the documented protocol; the released scripts load seen classes only (a 
 """
 from zsl_jax.projects.hgr import config as hgr_rn50
 from zsl_jax import config_lib
+from zsl_jax.errors import UserError
 
 SHOTS = (1, 2, 3, 5, 10)
 
@@ -19,7 +20,7 @@ def get_config(arg=None):
   c = hgr_rn50.hgr_config(arg, shots=5)
   shots = config_lib.parse_arg(arg, demo=False, eval="21k_d", variant="RN50", shots=5).shots
   if shots not in SHOTS:
-    raise ValueError(f"shots={shots}; the index holds low-shot splits for k in {SHOTS}")
+    raise UserError(f"shots={shots}; the index holds low-shot splits for k in {SHOTS}, e.g. :demo,shots=2")
   c.data.train_split = f"ls{shots}_train"
   c.data.train_classes = "all"      # seen classes and the unseen classes' k shots
   c.optim.lr = 1e-6

@@ -85,11 +85,11 @@ def test_import_official_checkpoint_and_evaluate(demo_run):
   """An official-layout torch state dict: CLI -> .npz, and eval mode from the .pth and the .npz agree."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
-  from zsl_jax.projects.attr.data import benchmarks as zsl_benchmarks  # pylint: disable=import-outside-toplevel
+  from zsl_jax.projects.attr.data import region_features  # pylint: disable=import-outside-toplevel
   from tests.test_dazle_parity import TorchDAZLE  # pylint: disable=import-outside-toplevel
   root, _ = demo_run
   hdf5 = next((root / "data").glob("AWA2_*/feature_map_ResNet_101_AWA2.hdf5"))
-  meta = zsl_benchmarks.load_dazle_hdf5_meta(hdf5)
+  meta = region_features.load_dazle_hdf5_meta(hdf5)
   seen = np.unique(meta["labels"][meta["trainval_loc"]])
   unseen = np.unique(meta["labels"][meta["test_unseen_loc"]])
   ref = TorchDAZLE(meta["w2v_att"], meta["att"], seen, unseen, normalize_V=True, normalize_F=True, is_bias=True,

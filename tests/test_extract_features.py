@@ -9,7 +9,8 @@ import pytest
 import scipy.io
 
 from zsl_jax.projects.attr.data import demo as synthetic_zsl
-from zsl_jax.projects.attr.data import benchmarks as zb
+from zsl_jax.projects.attr.data import dataset as zsl_dataset
+from zsl_jax.projects.attr.data import xlsa17
 from zsl_jax.data.images import decode_rgb
 from zsl_jax.data.transforms import imagenet_preprocess
 from zsl_jax.errors import UserError
@@ -68,7 +69,7 @@ def test_cli_writes_dazle_layout_readable_by_zsl_reader(setup, tmp_path, capsys)
     assert f["att"].shape == (4, 6) and f["att"].dtype == np.float64 and f["w2v_att"].shape == (6, 5)
     np.testing.assert_array_equal(f["labels"][()], setup["labels"])
     assert _rel(fm[()], setup["ref"]) <= 1e-5
-  ds = zb.load_zsl_dataset("CUB", hdf5=out)
+  ds = zsl_dataset.load_zsl_dataset("CUB", hdf5=out)
   assert ds.features.num_regions == 4 and ds.features.feature_dim == 2048
   ex = ds.features[7]
   np.testing.assert_allclose(ex["features"], setup["ref"][7].reshape(2048, 4).T, rtol=1e-5, atol=1e-5 * 50)
@@ -85,7 +86,7 @@ def test_interrupted_extraction_resumes_without_recomputing(setup, tmp_path):
   first = ef.extract("CUB", setup["images"], setup["root"], setup["weights"], out, max_images=5, **kw)
   assert first["computed"] == 5 and not first["complete"]
   with pytest.raises(UserError, match="unfinished extraction \\(7 images left\\)"):
-    zb.load_zsl_dataset("CUB", hdf5=out)
+    zsl_dataset.load_zsl_dataset("CUB", hdf5=out)
   with h5py.File(out, "r+") as f:
     assert f["_done"][()].tolist() == [1] * 5 + [0] * 7
     f["feature_map"][:5] = 7.0  # A finished row that is recomputed would lose this marker value.
@@ -127,9 +128,9 @@ def test_image_layout_detection(tmp_path):
     root = tmp_path / layout.replace("/", "_")
     (root / layout / "001.A").mkdir(parents=True)
     (root / layout / "001.A" / "a_1.jpg").write_bytes(b"x")
-    assert zb.resolve_image_layout("CUB", str(root), stored)(stored[0]) == str(root / layout / "001.A" / "a_1.jpg")
+    assert xlsa17.resolve_image_layout("CUB", str(root), stored)(stored[0]) == str(root / layout / "001.A" / "a_1.jpg")
   with pytest.raises(UserError, match="no image of res101.mat's image_files was found"):
-    zb.resolve_image_layout("CUB", str(tmp_path), ["/x/y/z/w/v/none.jpg"])
+    xlsa17.resolve_image_layout("CUB", str(tmp_path), ["/x/y/z/w/v/none.jpg"])
 
 
 def test_cli_bad_inputs_end_with_one_line(setup, tmp_path, capsys):
@@ -151,4 +152,19 @@ def test_cli_bad_inputs_end_with_one_line(setup, tmp_path, capsys):
   argv[argv.index("--xlsa17") + 1] = str(bad)
   run(argv, "lacks original_att, allclasses_names")
   run(_args(setup, tmp_path / "o.hdf5", "--batch-size", "6"), "not a positive multiple of the 8 devices")
+  assert not (tmp_path / "o.hdf5").exists()
+
+
+def test_cli_bad_weights_files_end_with_one_line(setup, tmp_path, capsys):
+  """Random bytes and a whole pickled model: one `zsl_jax extract_features: error:` line each, nothing written."""
+  import torch  # pylint: disable=import-outside-toplevel
+  (tmp_path / "random.pth").write_bytes(np.random.default_rng(0).bytes(3000))
+  torch.save(torch.nn.Sequential(torch.nn.Linear(2, 2)), tmp_path / "model.pth")
+  for name, match in (("random.pth", "is not a readable torch checkpoint"),
+                      ("model.pth", "is not a plain weights file: it pickles Python objects")):
+    argv = _args(setup, tmp_path / "o.hdf5")
+    argv[argv.index("--weights") + 1] = str(tmp_path / name)
+    assert ef.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zsl_jax extract_features: error: ") and err.count("\n") == 1 and match in err, err
   assert not (tmp_path / "o.hdf5").exists()

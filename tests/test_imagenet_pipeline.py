@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from zsl_jax.data import sampling
 from zsl_jax.projects.hgr.data import batchers
 from zsl_jax.projects.hgr.data import imagenet21k
 from zsl_jax.projects.hgr.data import demo as synthetic_imagenet
@@ -50,6 +51,16 @@ def demo(tmp_path_factory):
   return imagenet21k.ImageIndex(root / "index"), h
 
 
+def _train_iterator(index, batch_size, seed, split="train", classes="train", shuffled=False, **kwargs):
+  """The HGR and CLIP-baseline trainers' data path (without HGR-Net's contrasts)."""
+  rows = index.rows(split, classes)
+  if shuffled:
+    sampler = sampling.ShuffledSampler(rows, batch_size, seed)
+  else:
+    sampler = batchers.ClassPureSampler(index.labels(rows), rows, batch_size, seed)
+  return sampling.iterator(sampler, imagenet21k.LoadImage(index, S, "clip"), per_row=True, **kwargs)
+
+
 def _digest(x):
   return hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()
 
@@ -83,9 +94,9 @@ def test_eval_yields_every_valid_image_once_and_counts_3_skipped(demo, caplog):
 
 def test_class_pure_batches_one_class_each_uniform_visits_and_padding(demo):
   index, h = demo
-  ds = batchers.train_dataset(index, "train", "train", global_batch_size=8, seed=3, image_size=S, num_steps=36)
+  it = _train_iterator(index, 8, seed=3, num_threads=2)
   counts = {}
-  for b in ds:
+  for b in (next(it) for _ in range(36)):
     labels = set(b["label"][b["_mask"]].tolist())
     assert len(labels) == 1
     (c,) = labels
@@ -104,39 +115,41 @@ def test_class_pure_hosts_share_the_class_and_split_its_images(demo):
   index, _ = demo
   rows = index.rows("train", "train")
   labels = index.labels(rows)
-  hosts = [batchers.ClassPureSlots(labels, rows, 8, 5, p, 2, 40) for p in range(2)]
+  sampler = batchers.ClassPureSampler(labels, rows, 8, 5)
   for step in range(40):
-    assert hosts[0].step_class(step) == hosts[1].step_class(step)
-    got = [[hosts[p][step * 4 + k]["row"] for k in range(4)] for p in range(2)]
-    real = [r for g in got for r in g if r >= 0]
-    assert len(real) == len(set(real)) == len(hosts[0].step_rows(step))
-    assert len(set(index.labels(np.array(real)).tolist())) == 1
+    got = [sampling.host_slice(sampler(step), p, 2) for p in range(2)]
+    assert all(g.shape == (4,) for g in got)
+    real = [r for g in got for r in g.tolist() if r >= 0]
+    assert len(real) == len(set(real)) == len(sampler.step_rows(step))
+    assert set(index.labels(np.array(real)).tolist()) == {sampler.step_label(step)}
+    both = np.concatenate(got)
+    assert (both[:len(real)] >= 0).all() and (both[len(real):] == sampling.PADDING).all()  # padding at the end
   # A class's consecutive visits walk through its images before repeating any.
-  c0 = hosts[0].step_class(0)[0]
-  visits = [s for s in range(40) if hosts[0].step_class(s)[0] == c0][:2]
-  both = np.concatenate([hosts[0].step_rows(s) for s in visits])
-  assert len(set(both.tolist())) == len(both) == min(len(hosts[0].class_rows[c0]), 16)
+  c0 = sampler.step_class(0)[0]
+  visits = [s for s in range(40) if sampler.step_class(s)[0] == c0][:2]
+  both = np.concatenate([sampler.step_rows(s) for s in visits])
+  assert len(set(both.tolist())) == len(both) == min(len(sampler.class_rows[c0]), 16)
 
 
-def test_shuffled_hosts_are_disjoint_and_cover_each_epoch(demo):
+def test_shuffled_stream_covers_each_epoch_and_hosts_split_it(demo):
   index, _ = demo
   rows = index.rows("train", "train")
-  hosts = [batchers.ShuffledSlots(rows, 1, p, 2) for p in range(2)]
-  epoch0 = [[hosts[p][i]["row"] for i in range(len(hosts[p].rows))] for p in range(2)]
-  assert sorted(epoch0[0] + epoch0[1]) == sorted(rows.tolist())
-  epoch1 = [hosts[0][len(hosts[0].rows) + i]["row"] for i in range(len(hosts[0].rows))]
-  assert sorted(epoch1) == sorted(epoch0[0]) and epoch1 != epoch0[0]
-  ds = batchers.train_dataset(index, "train", "train", global_batch_size=8, batcher="shuffled", image_size=S,
-                              num_steps=3, process_index=1, process_count=2)
-  b = ds[0]
+  n = len(rows)  # 173: epochs end inside a batch of 8
+  sampler = sampling.ShuffledSampler(rows, 8, 1)
+  stream = np.concatenate([sampler(s) for s in range(2 * n // 8 + 1)])
+  epoch0, epoch1 = stream[:n], stream[n:2 * n]
+  assert sorted(epoch0.tolist()) == sorted(epoch1.tolist()) == sorted(rows.tolist())
+  assert not np.array_equal(epoch0, epoch1)
+  it = _train_iterator(index, 8, seed=1, shuffled=True, num_threads=1, process_index=1, process_count=2)
+  b = next(it)
   assert b["image"].shape == (4, S, S, 3) and b["_mask"].all()
+  np.testing.assert_array_equal(b["label"], index.labels(stream[4:8]))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_restored_iterator_continues_exactly(demo, workers):
   index, _ = demo
-  make = lambda: batchers.train_iterator(index, global_batch_size=8, seed=7, image_size=S, num_threads=2,
-                                         num_workers=workers)
+  make = lambda: _train_iterator(index, 8, seed=7, num_threads=2, num_workers=workers)
   it = make()
   first = [next(it) for _ in range(3)]
   state = it.get_state()
@@ -165,22 +178,25 @@ def test_demo_prepare_is_fast_and_complete(tmp_path):
   shutil.rmtree(tmp_path / "d")
 
 
-def test_array_record_copy_reads_back_through_grain(demo, tmp_path):
+def test_array_record_packs_read_back_through_grain(demo, tmp_path):
   from zsl_jax.projects.hgr.data import array_record  # pylint: disable=import-outside-toplevel
   index, _ = demo
-  records = array_record.build(index, "test", "rest", tmp_path / "rec")
-  assert len(records) == len(index.rows("test", "rest"))
-  np.testing.assert_array_equal(records.labels(records.rows("test", "rest")), index.labels(index.rows("test", "rest")))
+  rows = index.rows("test", "rest")
+  assert array_record.pack(index, [("test", "rest")], tmp_path / "rec", records_per_shard=16) == len(rows)
+  packed = array_record.PackedIndex(index.directory, tmp_path / "rec")
+  packed.check([("test", "rest")])
+  assert len(list((tmp_path / "rec" / "pack-000").glob("shard-*.array_record"))) == -(-len(rows) // 16)
   from_files, _ = imagenet21k.eval_dataset(index, "test", "rest", 8, image_size=S)
-  from_records, n = imagenet21k.eval_dataset(records, "test", "rest", 8, image_size=S)
-  assert n == len(records) and len(from_files) == len(from_records)
+  from_records, n = imagenet21k.eval_dataset(packed, "test", "rest", 8, image_size=S)
+  assert n == len(rows) and len(from_files) == len(from_records)
   skipped = 0
   for a, b in zip(from_files, from_records):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
     skipped += int(b["_skipped"].sum())
   assert skipped == 3
-  it = batchers.train_iterator(records, "test", "hop2", global_batch_size=4, image_size=S, num_threads=1)
+  assert all(isinstance(packed.read(r)[0], bytes) for r in rows)
+  it = _train_iterator(packed, 4, seed=0, split="test", classes="hop2", num_threads=1)
   b = next(it)
   assert len(set(b["label"][b["_mask"]].tolist())) == 1
 
@@ -189,8 +205,7 @@ def test_iterator_state_round_trips_through_orbax(demo, tmp_path):
   """The engine's path: grain.checkpoint.CheckpointSave inside an Orbax CheckpointManager."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   index, _ = demo
-  make = lambda: batchers.train_iterator(index, global_batch_size=8, batcher="shuffled", seed=2, image_size=S,
-                                         num_threads=1)
+  make = lambda: _train_iterator(index, 8, seed=2, shuffled=True, num_threads=1)
   it = make()
   for _ in range(4):
     next(it)

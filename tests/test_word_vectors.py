@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from zsl_jax.projects.attr.data import word_vectors as wv
 from zsl_jax.errors import UserError
+from zsl_jax.projects.attr.data import word_vectors as wv
 from zsl_jax.projects.attr.tools import word_vectors as cli
 
 VOCAB = {"bill": [1.0, 0.0, 0.5], "shape": [0.0, 2.0, -1.0], "curved": [3.0, 1.0, 0.0], "Gray": [0.25, 0.5, 0.75],

@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from zsl_jax.data import pipeline
+from zsl_jax.data import sampling
 from zsl_jax.evaluators import base as eval_base
 from zsl_jax import trainer as base
 
@@ -78,39 +79,44 @@ class Trainer(base.Trainer):
     accuracy = (logits.argmax(-1) == batch["label"]).mean()
     return loss, (updates, {"accuracy": accuracy, "index_sum": batch["index"].sum()})
 
+  def eval_offer(self):
+    t = self.config.toy
+    return {"predict": jax.jit(lambda v, x: self.model.apply(v, x).argmax(-1)), "dim": t.dim, "classes": t.classes}
+
   def steps_per_epoch(self):
     return self.config.toy.train_examples // self.config.batch_size
 
   def train_iterator(self):
     t = self.config.toy
-    ds = grain.MapDataset.source(ToySource(t.train_examples, t.dim, t.classes, seed=0))
-    ds = ds.shuffle(seed=self.config.seed).repeat(1000)
-    ds = pipeline.host_batches(ds, self.config.batch_size)
-    it_ds = ds.to_iter_dataset()
+    source = ToySource(t.train_examples, t.dim, t.classes, seed=0)
+    sampler = sampling.ShuffledSampler(np.arange(len(source)), self.config.batch_size, self.config.seed)
+    load = lambda rows: {"x": source.x[rows], "label": source.labels[rows], "index": rows.astype(np.int32)}
+    it_ds = sampling.iter_dataset(sampler, load)
     if t.sleep_per_batch:  # After prefetching, so the delay is paid in the training loop.
       it_ds = it_ds.map(_SlowDown(t.sleep_per_batch))
     return iter(it_ds)
 
 
 class Evaluator(eval_base.Evaluator):
-  """Accuracy on a held-out draw of the mixture, through the exact padded eval pipeline."""
+  """Accuracy on a held-out draw of the mixture, through the core's padded eval loop."""
 
-  def __init__(self, trainer, mesh, workdir, num_examples=100, batch_size=16):
-    super().__init__(trainer, mesh, workdir)
-    t = trainer.config.toy
-    self.source = ToySource(num_examples, t.dim, t.classes, seed=1)
+  def __init__(self, context, num_examples=100, batch_size=16):
+    super().__init__(context)
+    o = self.offer
+    self.source = ToySource(num_examples, o["dim"], o["classes"], seed=1)
     self.batch_size = batch_size
-    self._predict = jax.jit(lambda v, x: trainer.model.apply(v, x).argmax(-1))
+    predict = o["predict"]
 
-  def run(self, state):
-    from zsl_jax import sharding  # pylint: disable=import-outside-toplevel
-    variables = {"params": state["params"], **state["model_state"]}
-    ds = pipeline.padded_eval_dataset(grain.MapDataset.source(self.source), self.batch_size)
-    correct = total = 0
-    for batch in ds:
-      g = sharding.global_batch(batch, self.mesh)
-      pred = self._predict(variables, g["x"])
-      hit = eval_base.to_host((pred == g["label"]) & g["_mask"])
-      correct += int(hit.sum())
-      total += int(eval_base.to_host(g["_mask"]).sum())
-    return {"accuracy": correct / total, "count": total}
+    def count(variables, batch):
+      mask = batch[pipeline.MASK_KEY]
+      hits = (predict(variables, batch["x"]) == batch["label"]) & mask
+      return {"correct": hits.sum(), "count": mask.sum()}
+
+    self._count = jax.jit(count)
+
+  def run(self, state, step):
+    del step
+    variables = eval_base.model_variables(state)
+    batches = pipeline.padded_eval_dataset(grain.MapDataset.source(self.source), self.batch_size)
+    sums, _ = eval_base.evaluate_batches(batches, self.mesh, lambda g: (self._count(variables, g), None))
+    return {"accuracy": int(sums["correct"]) / int(sums["count"]), "count": int(sums["count"])}

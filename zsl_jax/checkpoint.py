@@ -3,7 +3,9 @@
 Layout: `<workdir>/checkpoints/<step>/{state, data, config}`. The data item holds each host's
 grain iterator state, so a resumed run continues the exact example stream. Restores take an
 abstract target whose shardings decide placement, so a checkpoint written on 8 devices restores
-onto one device or another mesh.
+onto one device or another mesh. Entries on disk that the target lacks are ignored (e.g. the
+`model_state.progress` step counter that DAZLE/VSMR checkpoints carried before evaluators got the
+step as an argument); entries the target has but the disk lacks are an error.
 """
 import os
 import pathlib
@@ -36,7 +38,7 @@ class Checkpointer:
     return self.every_steps > 0 and step % self.every_steps == 0
 
   def save(self, step, state, data_iterator=None, config=None):
-    items = {"state": ocp.args.StandardSave(state)}
+    items = {"state": ocp.args.PyTreeSave(state)}  # the PyTree handler restores partially (see below)
     if data_iterator is not None:
       import grain  # pylint: disable=import-outside-toplevel
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -47,12 +49,12 @@ class Checkpointer:
   def restore(self, abstract_state, data_iterator=None, step=None):
     """Restores (state, step); `data_iterator` (if given) is advanced in place to the saved position."""
     step = self.latest_step() if step is None else step
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    items = {"state": _partial_restore_args(abstract_state)}
     if data_iterator is not None:
       import grain  # pylint: disable=import-outside-toplevel
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], step
+    return _check_complete(restored["state"], self.directory / str(step)), step
 
   def wait(self):
     self._manager.wait_until_finished()
@@ -103,15 +105,27 @@ def restore_subtree(path, abstract_subtree, step=-1):
   """
   state_dir, step = resolve(path, step)
   try:
-    restored = ocp.PyTreeCheckpointer().restore(
-        state_dir, args=ocp.args.PyTreeRestore(
-            item=abstract_subtree,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subtree),
-            partial_restore=True))
+    restored = ocp.PyTreeCheckpointer().restore(state_dir, args=_partial_restore_args(abstract_subtree))
   except (ValueError, KeyError) as e:
     raise UserError(f"checkpoint {state_dir} does not match this model ({e}); initialise from a "
                     f"checkpoint of the same architecture") from e
-  return restored, step
+  return _check_complete(restored, state_dir), step
+
+
+def _partial_restore_args(abstract):
+  """Restores the target's entries only; the disk may hold more (older layouts), never fewer."""
+  return ocp.args.PyTreeRestore(item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+                                partial_restore=True)
+
+
+def _check_complete(restored, where):
+  """Orbax's partial restore leaves a target entry missing on disk as its ShapeDtypeStruct: refuse that."""
+  missing = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(restored)[0]
+             if isinstance(x, jax.ShapeDtypeStruct)]
+  if missing:
+    raise UserError(f"checkpoint {where} lacks {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} of this "
+                    f"model; restore a checkpoint of the same architecture and optimizer")
+  return restored
 
 
 def abstract_like(tree, shardings):

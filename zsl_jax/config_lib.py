@@ -3,8 +3,17 @@
 Config files (`configs/*.py`) define `get_config(arg=None)`: they start from `base_config()` and
 set what their method needs. `arg` is a comma-separated list parsed by `parse_arg`, e.g.
 `--config=configs/hgr_rn50.py:demo` or `:variant=RN101,demo`.
+
+`check_choice` is how a switch (a field documented as `a | b | c`) is validated: trainers call it
+from their `check_config`, before anything is written or traced, with the tuple of values the
+implementing module defines, so a typo ends with one line naming the field and its values.
 """
 import ml_collections
+
+from zsl_jax.errors import UserError
+
+_ABSENT = object()
+MODES = ("train", "eval")  # config.mode: zsl_jax.engine.run's two loops
 
 
 def parse_arg(arg, **defaults):
@@ -21,7 +30,6 @@ def parse_arg(arg, **defaults):
       continue
     key, _, value = item.partition("=")
     if key not in defaults:
-      from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
       raise UserError(f"unknown config argument {key!r} in {arg!r}; valid arguments: {sorted(defaults)}")
     default = defaults[key]
     if not _:
@@ -35,6 +43,38 @@ def parse_arg(arg, **defaults):
     else:
       result[key] = value
   return result
+
+
+def lookup(config, field, default=None):
+  """config's value at the dotted `field` ("hgr.weighting"), or `default` where the config has no such field."""
+  node = config
+  for part in field.split("."):
+    if not hasattr(node, "get"):
+      return default
+    node = node.get(part, _ABSENT)
+    if node is _ABSENT:
+      return default
+  return node
+
+
+def check_value(field, value, choices, normalize=None):
+  """UserError unless `value` (after `normalize`, e.g. str.upper) is one of `choices`."""
+  if (normalize(value) if normalize else value) not in choices:
+    any_case = " (any case)" if normalize is str.upper else ""
+    raise UserError(f"config.{field}={value!r} is not one of: {', '.join(map(str, choices))}{any_case}")
+
+
+def check_choice(config, field, choices, normalize=None):
+  """`check_value` of config's dotted `field`; a config without that field passes (its default applies)."""
+  value = lookup(config, field, _ABSENT)
+  if value is not _ABSENT:
+    check_value(field, value, choices, normalize)
+
+
+def check_choices(config, table):
+  """`check_choice` of every {dotted field: choices} of `table`."""
+  for field, choices in table.items():
+    check_choice(config, field, choices)
 
 
 def optim_config(**overrides):
@@ -66,7 +106,7 @@ def base_config():
   """Fields the engine reads; trainers add their own sub-dicts (`data`, `model`, ...)."""
   c = ml_collections.ConfigDict()
   c.trainer = ""             # module zsl_jax.trainers.<trainer> (or a dotted module path)
-  c.mode = "train"           # train | eval
+  c.mode = "train"           # train | eval (MODES)
   c.seed = 0
   c.total_steps = 0          # > 0 wins over num_epochs
   c.num_epochs = 0.0         # converted with the trainer's steps_per_epoch

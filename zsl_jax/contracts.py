@@ -15,7 +15,7 @@ entry exists to carry information to an evaluator: the step comes as an argument
 """
 import dataclasses
 import pathlib
-from typing import Any, Iterator, Mapping, Optional, Protocol, Tuple, runtime_checkable
+from typing import Any, Iterator, Mapping, Optional, Protocol, runtime_checkable, Tuple
 
 import jax
 import numpy as np
@@ -71,7 +71,11 @@ class EvalContext:
 
 @runtime_checkable
 class Evaluator(Protocol):
-  """`config.evals.<name>.type` names a module with `Evaluator(context: EvalContext, **fields)`."""
+  """`config.evals.<name>.type` names a module with `Evaluator(context: EvalContext, **fields)`.
+
+  `fields` are the entry's keys except `type`, `every_steps` and `at_start`: when to run is the
+  engine's business, kept in its own table. `zsl_jax.evaluators.base` has the one eval loop.
+  """
 
   def run(self, state: Mapping[str, Any], step: int) -> Mapping[str, Any]:
     """Scores `state` ({"params", "model_state"}, global arrays) at training step `step`.

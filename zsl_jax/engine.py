@@ -5,11 +5,11 @@ created already sharded -> resume (workdir checkpoint, else `config.init.checkpo
 scratch) -> jitted, donated train step -> loop with metrics, checkpoints, evaluators, NaN guard
 and preemption handling.
 """
+import dataclasses
 import importlib
+import inspect
 import json
 import logging
-
-logger = logging.getLogger(__name__)
 import math
 import pathlib
 import signal
@@ -21,11 +21,14 @@ import numpy as np
 import optax
 
 from zsl_jax import checkpoint as ckpt_lib
+from zsl_jax import contracts
 from zsl_jax import metrics as metrics_lib
 from zsl_jax import optim
 from zsl_jax import projects
 from zsl_jax import sharding
 from zsl_jax.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -52,20 +55,37 @@ def import_by_convention(name, package):
     raise
 
 
-def build_evaluators(config, trainer, mesh, workdir):
+@dataclasses.dataclass(frozen=True)
+class Scheduled:
+  """An evaluator and when the engine runs it (the schedule stays here, not on the evaluator)."""
+  evaluator: contracts.Evaluator
+  every_steps: int
+  at_start: bool
+
+
+def build_evaluators(config, offer, mesh, workdir):
+  """{name: Scheduled} of `config.evals`, each built from its context and its own fields."""
   evaluators = {}
   for name, ev_cfg in config.get("evals", {}).items():
-    kwargs = dict(ev_cfg)
-    kind = kwargs.pop("type", None)
+    fields = dict(ev_cfg)
+    kind = fields.pop("type", None)
     if not kind:
       raise UserError(f"config.evals.{name} has no 'type'; name an evaluator module, e.g. type='gzsl'")
-    every = int(kwargs.pop("every_steps", 0))
-    at_start = bool(kwargs.pop("at_start", False))
-    module = import_by_convention(kind, "evaluators")
-    evaluator = module.Evaluator(trainer=trainer, mesh=mesh, workdir=workdir, **kwargs)
-    evaluator.at_start = at_start
-    evaluators[name] = (evaluator, every)
+    every = int(fields.pop("every_steps", 0))
+    at_start = bool(fields.pop("at_start", False))
+    cls = import_by_convention(kind, "evaluators").Evaluator
+    context = contracts.EvalContext(name=name, mesh=mesh, workdir=pathlib.Path(workdir), offer=offer)
+    try:
+      inspect.signature(cls).bind(context, **fields)
+    except TypeError as e:
+      raise UserError(f"config.evals.{name} (type {kind!r}): {e}; remove or rename that field") from e
+    evaluators[name] = Scheduled(cls(context, **fields), every, at_start)
   return evaluators
+
+
+def _due(evaluators, step):
+  """Names of the evaluators whose `every_steps` divides `step`."""
+  return {name for name, e in evaluators.items() if e.every_steps and step % e.every_steps == 0}
 
 
 def total_steps(config, trainer):
@@ -207,31 +227,44 @@ class Engine:
                    donate_argnums=(0,))
 
   # ---------------------------------------------------------------- evaluation
-  def _run_evaluators(self, evaluators, state, step, writer, names=None):
-    for name, (evaluator, _) in evaluators.items():
-      if names is not None and name not in names:
-        continue
-      results = evaluator.run({"params": state["params"], "model_state": state["model_state"]})
-      writer.write(step, name, results)
+  def restore_for_eval(self, source=None, step=-1):
+    """(state without optimizer, its step): params/model_state restored from a checkpoint or file.
+
+    `source`: a zsl_jax workdir or checkpoint folder (`step` picks one, -1 the latest), or a file the
+    trainer can import (step 0); default `config.init.checkpoint`, else this workdir.
+    """
+    source = source or self.config.init.checkpoint or str(self.workdir)
+    state = self._init_from(self.build_state(with_optimizer=False), source, step)
+    restored_step = ckpt_lib.resolve(source, step)[1] if ckpt_lib.is_zsl_checkpoint(source) else 0
+    return state, restored_step
+
+  def build_evaluators(self):
+    return build_evaluators(self.config, self.trainer.eval_offer(), self.mesh, self.workdir)
+
+  @staticmethod
+  def _run_evaluators(evaluators, state, step, writer, names=None):
+    variables = {"params": state["params"], "model_state": state["model_state"]}
+    for name, scheduled in evaluators.items():
+      if names is None or name in names:
+        writer.write(step, name, scheduled.evaluator.run(variables, int(step)))
 
   def _missing_final_evals(self, evaluators, step):
+    """Evaluators without a record at `step` (decided on process 0, which alone writes metrics.jsonl)."""
     if not evaluators:
       return set()
-    path = self.workdir / "metrics.jsonl"
-    done = set()
-    if path.exists():
-      done = {r["split"] for r in metrics_lib.read_metrics(self.workdir) if r["step"] == step}
-    return set(evaluators) - done
+
+    def missing():
+      done = set()
+      if (self.workdir / "metrics.jsonl").exists():
+        done = {r["split"] for r in metrics_lib.read_metrics(self.workdir) if r["step"] == step}
+      return sorted(set(evaluators) - done)
+
+    return set(metrics_lib.decided_on_main(missing))
 
   def evaluate(self):
     """Restores `config.init.checkpoint` (or this workdir's latest) and runs every evaluator once."""
-    source = self.config.init.checkpoint or str(self.workdir)
-    state = self.build_state(with_optimizer=False)
-    state = self._init_from(state, source, self.config.init.step)
-    step = 0
-    if ckpt_lib.is_zsl_checkpoint(source):
-      _, step = ckpt_lib.resolve(source, self.config.init.step)
-    evaluators = build_evaluators(self.config, self.trainer, self.mesh, self.workdir)
+    state, step = self.restore_for_eval(step=self.config.init.step)
+    evaluators = self.build_evaluators()
     if not evaluators:
       raise UserError("config.evals is empty: nothing to evaluate; the method's config declares its evaluators")
     writer = metrics_lib.MetricWriter(self.workdir, tensorboard=self.config.log.tensorboard)
@@ -263,7 +296,7 @@ class Engine:
       state = self._init_from(state, config.init.checkpoint, config.init.step)
     start = int(jax.device_get(state["step"]))
 
-    evaluators = build_evaluators(config, self.trainer, self.mesh, self.workdir)
+    evaluators = self.build_evaluators()
     writer = metrics_lib.MetricWriter(self.workdir, tensorboard=config.log.tensorboard)
     train_step = self.make_train_step()
     last_saved = latest
@@ -289,9 +322,7 @@ class Engine:
       return step
 
     if start == 0:  # The untrained (or freshly initialised) model, as a baseline row.
-      for name, (evaluator, every) in evaluators.items():
-        if getattr(evaluator, "at_start", False):
-          self._run_evaluators({name: (evaluator, every)}, state, 0, writer)
+      self._run_evaluators(evaluators, state, 0, writer, names={n for n, e in evaluators.items() if e.at_start})
 
     pending = None  # (step, device metrics): read one step late so the host never stalls the device.
     try:
@@ -322,9 +353,8 @@ class Engine:
             logger.warning("signal %s: saved checkpoint at step %d in %s; re-run the same command "
                             "to resume", stop.signum, step, checkpointer.directory)
             raise Preempted(128 + (stop.signum or signal.SIGTERM))
-          for name, (evaluator, every) in evaluators.items():
-            if every and step % every == 0 and step != self.total_steps:
-              self._run_evaluators({name: (evaluator, every)}, state, step, writer)
+          if step != self.total_steps:
+            self._run_evaluators(evaluators, state, step, writer, names=_due(evaluators, step))
         if pending is not None:
           host = jax.device_get(pending[1])
           check_finite(pending[0], host)

@@ -1,28 +1,43 @@
 """Entry point: `python -m zsl_jax.main --config=configs/NAME.py[:ARG] --workdir=DIR [--config.k=v]`.
 
-Kept thin on purpose: flags, platform set-up, optional multi-host initialisation, the resolved
-config written to DIR/config.json, then `zsl_jax.engine.run`. Bad input ends with one line.
+Kept thin on purpose: flags, the trainer's `check_config` (every config switch, before anything is
+written), platform set-up, optional multi-host initialisation, the resolved config written to
+DIR/config.json, then `zsl_jax.engine.run`. Bad input ends with one line (`zsl_jax.cli`).
 """
 import json
 import logging
-
-logger = logging.getLogger(__name__)
 import os
 import pathlib
-import sys
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+
+from zsl_jax import cli
+from zsl_jax import projects
+from zsl_jax.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+COMMAND = "main"
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/hgr_rn50.py:demo.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: config.json, checkpoints/, metrics.jsonl, plots/.")
 
 
-def _fail(message, code=2):
-  print(f"zsl_jax: error: {message}", file=sys.stderr)
-  sys.exit(code)
+def _fail(message, code=cli.EXIT_USER_ERROR):
+  cli.fail(COMMAND, message, code)
+
+
+def _user_error_in(error):
+  """The UserError a config file raised, which config_flags wraps (with its traceback) into a flag error."""
+  found = None
+  while error is not None:
+    if isinstance(error, UserError):
+      found = error
+    error = error.__cause__ or error.__context__
+  return found
 
 
 def _parse_flags(argv):
@@ -30,7 +45,10 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(f"{e}")
+    user_error = _user_error_in(e)
+    if user_error is None and "Error whilst parsing config file" in str(e):
+      raise  # A config file failed with something other than a UserError: a bug, keep its traceback.
+    _fail(str(user_error or e))
   except (AttributeError, KeyError) as e:
     bad = next((a for a in argv[1:] if a.startswith("--config.")), "")
     key = str(e).strip("\"'")
@@ -38,11 +56,10 @@ def _parse_flags(argv):
                   a.split("=")[0].split(".")[-1] == key), bad.split("=")[0])
     _fail(f"unknown config key {key!r} ({wrong}): not a field of the config; check the spelling "
           f"against the config file's get_config()")
-  except Exception as e:  # pylint: disable=broad-except
-    from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-    if isinstance(e, UserError):
-      _fail(str(e))
-    raise
+  except UserError as e:
+    _fail(str(e))
+  except ValueError as e:  # config_flags cannot parse an override path, e.g. --config.evals.21k_d.type
+    _fail(f"{e}; every part of a --config.a.b override must be a Python name")
   return None
 
 
@@ -84,6 +101,18 @@ def _setup_logging():
   logging.getLogger("zsl_jax").setLevel(logging.INFO)
 
 
+def _check_evaluators(engine, config):
+  """Every config.evals.<name>.type names an evaluator module (checked before anything is written)."""
+  for name, ev in config.get("evals", {}).items():
+    kind = ev.get("type")
+    if not kind:
+      raise UserError(f"config.evals.{name} has no 'type'; name an evaluator module, e.g. type='gzsl'")
+    if "." not in kind and kind not in projects.EVALUATORS:
+      raise UserError(f"config.evals.{name}.type={kind!r} is not one of: {', '.join(projects.EVALUATORS)} "
+                      f"(or a dotted module path)")
+    engine.import_by_convention(kind, "evaluators")
+
+
 def main(argv):
   _setup_logging()
   if len(argv) > 1:
@@ -94,11 +123,11 @@ def main(argv):
   workdir = _WORKDIR.value
   if not workdir:
     _fail("--workdir is required: the folder for checkpoints and metrics (re-using it resumes)")
-  from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-  from zsl_jax import engine  # pylint: disable=import-outside-toplevel
+  from zsl_jax import engine  # pylint: disable=import-outside-toplevel  (jax: after the flags are checked)
   try:
     trainer_cls = engine.trainer_class(config)
-    trainer_cls.check_config(config)  # before anything is written
+    trainer_cls.check_config(config)  # every config switch, before anything is written or traced
+    _check_evaluators(engine, config)
     _setup_platform(config)
     import jax  # pylint: disable=import-outside-toplevel
     run = (config, pathlib.Path(workdir).expanduser())
@@ -115,6 +144,9 @@ def main(argv):
     _fail(str(e))
   except engine.TrainingDiverged as e:
     _fail(str(e), code=3)
+  except KeyboardInterrupt:
+    _fail("interrupted; re-run the same command to go on (a run resumes from its last checkpoint)",
+          cli.EXIT_INTERRUPTED)
 
 
 def run():

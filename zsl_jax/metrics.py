@@ -1,19 +1,21 @@
 """Metrics stream: `metrics.jsonl`, TensorBoard events and console lines, from process 0 only.
 
 Every record has `step` and `split` ("train", or an evaluator's name) plus metric values, so
-one file holds the whole history of a run, resumed runs appended.
+one file holds the whole history of a run, resumed runs appended. Only process 0 writes the file,
+so any decision read from it is taken there and broadcast (`decided_on_main`).
 """
 import json
 import logging
-
-logger = logging.getLogger(__name__)
 import math
 import pathlib
 import sys
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
 def _summary_writer_class():
@@ -88,3 +90,20 @@ def read_metrics(workdir, split=None):
       if split is None or r["split"] == split:
         records[(r["split"], r["step"])] = r
   return [records[k] for k in sorted(records, key=lambda k: (k[1], k[0]))]
+
+
+def decided_on_main(decide):
+  """`decide()` evaluated on process 0 only; every process returns its value, JSON round-tripped.
+
+  For decisions read from files that only process 0 writes (metrics.jsonl): every host must take
+  the same branch. The value travels as JSON text, so floats arrive bit-exact (a broadcast array
+  would be float32 without x64), and a single process sees the same types (lists, not tuples).
+  """
+  text = json.dumps(decide()) if jax.process_index() == 0 else ""
+  if jax.process_count() > 1:
+    data = np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
+    buffer = np.zeros(size, np.int32)
+    buffer[:len(data)] = data
+    text = bytes(np.asarray(multihost_utils.broadcast_one_to_all(buffer)).astype(np.uint8)).decode("utf-8")
+  return json.loads(text)

@@ -14,6 +14,9 @@ import optax
 from zsl_jax import sharding
 from zsl_jax.errors import UserError
 
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "lamb")  # optim.name (and a group's "name")
+SCHEDULES = ("constant", "cosine", "linear")  # optim.schedule.type (and a group's)
+
 _GROUP_KEYS = ("name", "lr", "weight_decay", "wd_exclude", "b1", "b2", "eps", "momentum",
                "nesterov", "rms_decay", "grad_clip_norm", "accumulate_grads", "schedule")
 
@@ -76,7 +79,7 @@ def make_schedule(lr, schedule, total_steps):
   elif kind == "linear":
     main = optax.linear_schedule(lr, lr * end, decay_steps)
   else:
-    raise UserError(f"optim schedule type {kind!r}; use 'constant', 'cosine' or 'linear'")
+    raise UserError(f"optim schedule type {kind!r} is not one of: {', '.join(SCHEDULES)}")
   if warmup <= 0:
     return main
   warm = lambda step: lr * (step + 1) / warmup
@@ -113,7 +116,7 @@ def _group_transform(g, total_steps):
                            momentum=momentum, initial_scale=0.0)
     opt = optax.chain(optax.add_decayed_weights(wd, mask), core) if wd else core
   else:
-    raise UserError(f"optim.name={name!r}; use one of adamw, adam, sgd, rmsprop, lamb")
+    raise UserError(f"optim.name={name!r} is not one of: {', '.join(OPTIMIZERS)}")
   clip = float(g["grad_clip_norm"] or 0.0)
   if g.get("accumulate_grads"):
     return optax.chain(accumulate_and_clip(clip), opt), lr

@@ -15,6 +15,7 @@ from zsl_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
+STRATEGIES = ("replicate", "fsdp")  # sharding.strategy, and the kind of each sharding.rules entry
 
 
 def make_mesh(mesh_config, devices=None):
@@ -69,8 +70,8 @@ def infer_shardings(abstract_tree, mesh, sharding_config):
   """
   rules = [(re.compile(rx), kind) for rx, kind in sharding_config.get("rules", ())]
   strategy = sharding_config.get("strategy", "replicate")
-  if strategy not in ("replicate", "fsdp"):
-    raise UserError(f"sharding.strategy={strategy!r}; use 'replicate' or 'fsdp'")
+  if strategy not in STRATEGIES:
+    raise UserError(f"sharding.strategy={strategy!r} is not one of: {', '.join(STRATEGIES)}")
   fsdp_size = mesh.shape["fsdp"]
   min_size = int(sharding_config.get("min_fsdp_size", 2 ** 18))
 
@@ -82,7 +83,7 @@ def infer_shardings(abstract_tree, mesh, sharding_config):
       return NamedSharding(mesh, P())
     if kind == "fsdp":
       return NamedSharding(mesh, _fsdp_spec(shape, fsdp_size, min_size))
-    raise UserError(f"sharding rule kind {kind!r} for {name}; use 'replicate' or 'fsdp'")
+    raise UserError(f"sharding rule kind {kind!r} for {name} is not one of: {', '.join(STRATEGIES)}")
 
   return jax.tree_util.tree_map_with_path(one, abstract_tree)
 

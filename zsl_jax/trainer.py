@@ -3,10 +3,17 @@
 A trainer module `zsl_jax.trainers.<name>` exposes `Trainer(config, mesh)`; the engine owns
 everything else (sharding, optimizer, jit, checkpoints, metrics, evaluators). The trainer only
 says how to build variables, how a batch becomes a loss, and where the batches come from.
+`Trainer.check_config` validates every config switch before anything is written or traced: the
+engine's here (`check_engine_config`), each method's in its subclass.
 """
 import jax.numpy as jnp
 
+from zsl_jax import config_lib
+from zsl_jax import optim
+from zsl_jax import sharding
 from zsl_jax.errors import UserError
+
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def compute_dtype(config):
@@ -15,9 +22,32 @@ def compute_dtype(config):
   name = config.get("compute_dtype", "auto")
   if name == "auto":
     return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32
-  if name not in ("float32", "bfloat16", "float16"):
-    raise UserError(f"compute_dtype={name!r}; use auto, float32 or bfloat16")
+  config_lib.check_value("compute_dtype", name, COMPUTE_DTYPES)
   return jnp.dtype(name)
+
+
+def check_engine_config(config):
+  """The switches the engine reads: mode, compute_dtype, sharding, and the optimizer of every group."""
+  config_lib.check_choices(config, {"mode": config_lib.MODES, "compute_dtype": COMPUTE_DTYPES,
+                                    "sharding.strategy": sharding.STRATEGIES})
+  for i, rule in enumerate(config_lib.lookup(config, "sharding.rules", ()) or ()):
+    if len(rule) != 2:
+      raise UserError(f"config.sharding.rules[{i}]={rule!r}; each rule is (regex, 'replicate' | 'fsdp')")
+    config_lib.check_value(f"sharding.rules[{i}]", rule[1], sharding.STRATEGIES)
+  if config_lib.lookup(config, "optim") is None:
+    return
+  config_lib.check_choices(config, {"optim.name": optim.OPTIMIZERS, "optim.schedule.type": optim.SCHEDULES})
+  for i, group in enumerate(config.optim.get("groups", ()) or ()):
+    if len(group) != 2:
+      raise UserError(f"config.optim.groups[{i}]={group!r}; each group is (regex, overrides or None)")
+    overrides = group[1]
+    if not hasattr(overrides, "get"):
+      continue  # None / "freeze": the group is frozen
+    if "name" in overrides:
+      config_lib.check_value(f"optim.groups[{i}].name", overrides["name"], optim.OPTIMIZERS)
+    schedule = overrides.get("schedule") or {}
+    if "type" in schedule:
+      config_lib.check_value(f"optim.groups[{i}].schedule.type", schedule["type"], optim.SCHEDULES)
 
 
 class Trainer:
@@ -33,8 +63,11 @@ class Trainer:
 
   @classmethod
   def check_config(cls, config):
-    """Raises UserError for a config this trainer cannot run; called before anything is written."""
-    del config
+    """Raises UserError for a config this trainer cannot run; called before anything is written.
+
+    Subclasses check their own switches and call `super().check_config(config)`.
+    """
+    check_engine_config(config)
 
   @classmethod
   def next_run(cls, config, workdir):
@@ -60,3 +93,10 @@ class Trainer:
     """Variables from a non-zsl_jax file (e.g. an OpenAI CLIP .pt); None if the format is unknown."""
     del path, abstract_variables
     return None
+
+  def eval_offer(self):
+    """What evaluators may use (named, jitted-once predict functions, eval data); none by default.
+
+    Evaluators get this mapping in their `EvalContext`, never the trainer itself (zsl_jax.contracts).
+    """
+    return {}

@@ -1,4 +1,6 @@
-"""grain plumbing shared by every method: per-host sharding and exact, padded evaluation.
+"""grain plumbing shared by every method: this host's share of a batch and exact, padded evaluation.
+
+Training batches come from `zsl_jax.data.sampling` (step -> global rows -> this host's slice).
 
 Evaluation must count every example exactly once, also across hosts. Each host takes a
 contiguous slice of the examples, padded up to the same number of full batches on every host;
@@ -11,6 +13,8 @@ import math
 import grain
 import jax
 import numpy as np
+
+from zsl_jax.errors import UserError
 
 MASK_KEY = "_mask"
 
@@ -26,7 +30,6 @@ def local_batch_size(global_batch_size, process_count=None):
   """Configs state global batch sizes; each host loads its share."""
   _, count = process_info(None, process_count)
   if global_batch_size % count:
-    from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
     raise UserError(f"global batch size {global_batch_size} is not divisible by the {count} processes; "
                     f"set the batch size to a multiple of {count}")
   return global_batch_size // count
@@ -85,30 +88,3 @@ def padded_eval_dataset(dataset, global_batch_size, *, process_index=None, proce
   else:
     rows = grain.MapDataset.range(padded).map(_PaddedSlice(dataset, start, stop, tuple(zero_on_pad)))
   return rows.batch(local, drop_remainder=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class _HostRows:
-  """Local example k of this host = row (k mod b) of this host's slice of global batch (k div b)."""
-  dataset: grain.MapDataset
-  global_batch: int
-  local_batch: int
-  process_index: int
-
-  def __call__(self, k):
-    step, row = divmod(k, self.local_batch)
-    return self.dataset[step * self.global_batch + self.process_index * self.local_batch + row]
-
-
-def host_batches(dataset, global_batch_size, *, process_index=None, process_count=None):
-  """Local batches whose concatenation over hosts is the same global batch for any host count.
-
-  `dataset` is the global, already shuffled (and usually repeated) MapDataset. Each host reads
-  only its own rows, so a run on 2 hosts x 4 devices sees exactly the batches of 1 host x 8
-  devices, which makes multi-host results reproducible on one machine.
-  """
-  index, count = process_info(process_index, process_count)
-  local = local_batch_size(global_batch_size, count)
-  steps = len(dataset) // global_batch_size
-  view = _HostRows(dataset, global_batch_size, local, index)
-  return grain.MapDataset.range(steps * local).map(view).batch(local, drop_remainder=True)

@@ -1,34 +1,120 @@
-"""Evaluator interface: `config.evals.<name> = dict(type=T, every_steps=N, **kwargs)`.
+"""The evaluator side of the contract, and the one padded, masked evaluation loop every evaluator uses.
 
-The engine builds `zsl_jax.evaluators.<T>.Evaluator(trainer=..., mesh=..., workdir=..., **kwargs)`
-(or `<T>.Evaluator` for a dotted module path) and calls `run(state)` every N steps and at the end
-(and before the first step with `at_start=True`, a baseline row at step 0);
-the returned {metric: value} dict is written to the metrics stream with `split=<name>`.
+`config.evals.<name> = dict(type=T, every_steps=N, at_start=False, **fields)`: the engine builds
+`T.Evaluator(EvalContext(name, mesh, workdir, offer=trainer.eval_offer()), **fields)` (see
+`zsl_jax.contracts`) and calls `run(state, step)` every N steps, at the end, and at step 0 with
+`at_start`. The returned {metric: value} is written with `split=<name>`.
+
+The loop (`evaluate_batches`) turns each host's padded batches (`pipeline.padded_eval_dataset`:
+every example once over all hosts, padding masked) into global arrays and hands them to a jitted
+function that returns two things:
+  sums: arrays already reduced over the global batch. A `.sum()` inside jit of a global array is
+        a sum over every host, so these are accumulated on device and read once, at the end;
+        host memory stays O(size of the sums), however many examples there are.
+  rows: per-example outputs, gathered onto every host with the masked rows dropped. Only for
+        metrics that need every example at once (GZSL's calibration curve).
 """
+import functools
+import pathlib
+
+import grain
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+
+from zsl_jax import sharding
+from zsl_jax.data import pipeline
+
+_POSITION = "_position"  # an example's place in its source, to return rows in source order
 
 
 class Evaluator:
+  """Optional base class: keeps the context's parts as attributes."""
 
-  def __init__(self, trainer, mesh, workdir, **kwargs):
-    self.trainer = trainer
-    self.mesh = mesh
-    self.workdir = workdir
-    self.kwargs = kwargs
+  def __init__(self, context):
+    self.context = context
+    self.name = context.name
+    self.mesh = context.mesh
+    self.workdir = pathlib.Path(context.workdir)
+    self.offer = context.offer
 
-  def run(self, state):
+  def run(self, state, step):
     """`state` has "params" and "model_state" (global arrays); returns {name: python scalar}."""
     raise NotImplementedError
 
 
-def to_host(tree):
-  """Global jax.Arrays -> full numpy arrays on every host (multi-host safe).
+def model_variables(state):
+  """{"params", <model-state collections>}: what flax's `apply` takes."""
+  return {"params": state["params"], **state["model_state"]}
 
-  Arrays sharded over devices of several processes cannot be read with device_get; gathering
-  keeps per-example evaluation outputs exact on clusters. Prefer reducing on device (sums of
-  masked hits) when only totals are needed.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
+
+def to_host(tree):
+  """Global jax.Arrays -> full numpy arrays on every host (gathered across processes)."""
   if jax.process_count() == 1:
     return jax.device_get(tree)
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _summing(mesh):
+  """jitted (first part -> total, (total, part) -> total + part), replicated: every host reads the total."""
+  replicated = sharding.replicated(mesh)
+  first = jax.jit(lambda part: part, out_shardings=replicated)
+  add = jax.jit(lambda total, part: jax.tree.map(jnp.add, total, part), out_shardings=replicated)
+  return first, add
+
+
+def evaluate_batches(batches, mesh, fn):
+  """The evaluation loop: (host numpy sums, host numpy rows or None) over all batches.
+
+  Args:
+    batches: iterable of this host's padded batches (dicts of numpy arrays with a `_mask` key),
+      the same number on every host.
+    mesh: the device mesh the global batches are split over.
+    fn: jitted `global batch -> (sums, rows)`. `sums` is a pytree of arrays summed over the
+      global batch (mask the padding inside), `rows` a dict of [b, ...] arrays or None.
+  """
+  first, add = _summing(mesh)
+  total, parts = None, []
+  for local in batches:
+    batch = sharding.global_batch(local, mesh)
+    sums, rows = fn(batch)
+    total = first(sums) if total is None else add(total, sums)
+    if rows is not None:
+      parts.append(to_host({**rows, pipeline.MASK_KEY: batch[pipeline.MASK_KEY]}))
+  sums = jax.device_get(total) if total is not None else None
+  if not parts:
+    return sums, None
+  cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+  keep = cat.pop(pipeline.MASK_KEY).astype(bool)
+  return sums, {k: v[keep] for k, v in cat.items()}
+
+
+def _with_position(i, example):
+  return {**example, _POSITION: np.int64(i)}
+
+
+def map_batches(source, fn, *, mesh, global_batch_size, keep=("label", "index")):
+  """Per-example outputs of jitted `fn(global batch) -> {name: [b, ...]}` over a random-access source.
+
+  Returns host arrays of every example once, in source order whatever the host layout, with the
+  batch keys in `keep` that the source has (e.g. each example's `label`); None for an empty source.
+  """
+  if len(source) == 0:
+    return None
+  ds = grain.MapDataset.source(source).map_with_index(_with_position)
+  batches = pipeline.padded_eval_dataset(ds, global_batch_size)
+
+  def rows(batch):
+    return {}, {**fn(batch), **{k: batch[k] for k in keep + (_POSITION,) if k in batch}}
+
+  out = evaluate_batches(batches, mesh, rows)[1]
+  order = np.argsort(out.pop(_POSITION), kind="stable")
+  return {k: v[order] for k, v in out.items()}
+
+
+def round_batch_size(batch_size, mesh):
+  """The smallest multiple of the device count >= `batch_size` (global batches split over all devices)."""
+  n = mesh.devices.size
+  return -(-int(batch_size) // n) * n

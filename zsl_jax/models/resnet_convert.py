@@ -1,9 +1,8 @@
 """torchvision ResNet state dict -> Flax variables of `zsl_jax.models.resnet.ResNet`.
 
-The only place torch is needed is reading a `.pth` file; it is imported inside
-`load_torchvision_checkpoint`, so the model and the conversion of already-numpy state dicts stay
-torch-free. Stage sizes are inferred from the keys, so any torchvision Bottleneck ResNet
-(50/101/152 or a custom depth) converts.
+The only place torch is needed is reading a `.pth` file (`torch_io.read_torch_file`, weights only),
+so the model and the conversion of already-numpy state dicts stay torch-free. Stage sizes are
+inferred from the keys, so any torchvision Bottleneck ResNet (50/101/152 or a custom depth) converts.
 """
 import os
 import re
@@ -11,6 +10,7 @@ import re
 import numpy as np
 
 from zsl_jax.errors import UserError
+from zsl_jax.models import torch_io
 
 
 def _to_numpy(t):
@@ -106,11 +106,7 @@ def load_torchvision_checkpoint(path):
   if not os.path.isfile(path):
     raise UserError(f"weights file {path} not found; pass a torchvision ResNet-101 checkpoint "
                     f"(e.g. resnet101-63fe2227.pth)")
-  import torch  # pylint: disable=import-outside-toplevel
-  try:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except  (torch raises many types for bad files)
-    raise UserError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+  state = torch_io.read_torch_file(path, "ResNet weights file")
   if not isinstance(state, dict):
     raise UserError(f"{path} holds a {type(state).__name__}, not a state dict; save model.state_dict()")
   state = _strip_prefixes(state)

@@ -5,16 +5,15 @@ into an Orbax checkpoint that `zsl_jax.models.clip.load(OUT)` reads without torc
 
 torch is needed only here, and only for torch pickles/archives.
 """
-import argparse
 import os
 import sys
 
+from zsl_jax import cli
 from zsl_jax.errors import UserError
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.convert_clip", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser("convert_clip", description=__doc__)
   p.add_argument("input", help="checkpoint file: OpenAI TorchScript .pt, open_clip .pt/.bin/.safetensors (plain "
                  "or training checkpoint with 'state_dict'), or an HGR-Net clip_<epoch> state dict "
                  "(fp16 and 'module.' prefixes are handled); the architecture is inferred from shapes")
@@ -35,17 +34,15 @@ def convert(input_path, output_dir, overwrite=False):
   return config
 
 
-def main(argv=None):
-  args = parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    config = convert(args.input, args.output, args.overwrite)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+def _run(args):
   from zsl_jax.models import clip as clip_lib  # pylint: disable=import-outside-toplevel
+  config = convert(args.input, args.output, args.overwrite)
   name = clip_lib.preset_name(config) or "custom"
   print(f"wrote {args.output}: CLIP {name} ({clip_lib.count_params(config):,} parameters)")
-  return 0
+
+
+def main(argv=None):
+  return cli.run_command("convert_clip", _run, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -7,15 +7,16 @@ possibly a training checkpoint with a `state_dict` entry, or `.safetensors`) and
 which is mapped leaf by leaf onto the Flax tree with strict shape and key checks, so a file of
 another architecture fails with one clear message instead of a half-loaded model.
 
-torch is imported lazily, only for torch pickles/archives; `.safetensors` needs no torch.
+torch is imported lazily, only for torch pickles/archives; `.safetensors` needs no torch. Files are
+read with `weights_only=True` (`zsl_jax.models.torch_io`), so they cannot run code.
 """
 import os
-import zipfile
 
 import jax
 import numpy as np
 
 from zsl_jax.errors import UserError
+from zsl_jax.models import torch_io
 from zsl_jax.models.clip import model as clip_lib
 
 # Buffers that are not CLIP parameters: BatchNorm counters, the int metadata OpenAI's TorchScript
@@ -26,37 +27,11 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def read_state_dict(path):
-  """Reads a checkpoint file into a {torch name: array or tensor} dict."""
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise UserError(f"CLIP checkpoint {path} does not exist; pass an OpenAI .pt, an open_clip .pt/.bin/"
+  """Reads a checkpoint file into a {torch name: array or tensor} dict (`torch_io.read_torch_file`)."""
+  if not os.path.isfile(os.fspath(path)):
+    raise UserError(f"CLIP checkpoint {os.fspath(path)} does not exist; pass an OpenAI .pt, an open_clip .pt/.bin/"
                     ".safetensors, an HGR-Net clip_<epoch> file or a converted directory")
-  if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-    try:
-      return load_file(path)
-    except Exception as e:  # pylint: disable=broad-except
-      raise UserError(f"could not read {path} as safetensors ({type(e).__name__}: {str(e)[:120]}); the "
-                      "file is truncated or corrupt, download or copy it again") from None
-  import torch  # pylint: disable=import-outside-toplevel
-  try:
-    if _is_torchscript(path):
-      return torch.jit.load(path, map_location="cpu").state_dict()
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    if "weights_only" in str(e) or "Weights only load failed" in str(e):
-      raise UserError(f"{path} pickles Python objects besides tensors, which are not loaded for safety; "
-                      "re-save just the weights with torch.save(checkpoint['state_dict'], 'clip.pt') in "
-                      "an environment you trust and convert that file") from None
-    raise UserError(f"could not read {path} as a torch checkpoint ({type(e).__name__}: {str(e)[:120]}); the "
-                    "file is truncated or corrupt, download or copy it again") from None
-
-
-def _is_torchscript(path):
-  if not zipfile.is_zipfile(path):
-    return False
-  with zipfile.ZipFile(path) as z:
-    return any(n.endswith("constants.pkl") for n in z.namelist())
+  return torch_io.read_torch_file(path, "CLIP checkpoint")
 
 
 def _to_numpy(value):

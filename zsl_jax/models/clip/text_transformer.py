@@ -97,24 +97,24 @@ class ResidualAttentionBlock(nn.Module):
     return x + Mlp(self.width, self.dtype, fc_std=fc_std, proj_std=proj_std, name="mlp")(h)
 
 
-class Transformer(nn.Module):
-  """A stack of residual attention blocks under `resblocks/<i>` (torch: `resblocks.<i>`)."""
+class _BlockStack(nn.Module):
+  """The fields of a stack of `layers` residual attention blocks (Transformer and its resblocks container)."""
   width: int
   layers: int
   heads: int
   dtype: jnp.dtype = jnp.float32
+
+
+class Transformer(_BlockStack):
+  """A stack of residual attention blocks under `resblocks/<i>` (torch: `resblocks.<i>`)."""
 
   @nn.compact
   def __call__(self, x, mask=None):
     return _ResBlocks(self.width, self.layers, self.heads, self.dtype, name="resblocks")(x, mask)
 
 
-class _ResBlocks(nn.Module):
+class _ResBlocks(_BlockStack):
   """Container so parameters read `transformer/resblocks/<i>/...`."""
-  width: int
-  layers: int
-  heads: int
-  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x, mask=None):

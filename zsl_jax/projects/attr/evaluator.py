@@ -6,22 +6,22 @@ classes pseudo-unseen). It keeps the evaluation whose selection criterion (valid
 the reference protocol `select_on='test_reference'`; validation ZSL accuracy when there are no
 seen test images) is best so far and reports its test numbers as `selected_*` with `selected_step`
 and `selected_on`. Test-selected numbers say so in `selected_on`. The history is re-read from
-`metrics.jsonl`, so resumed runs and `mode=eval` in the same workdir continue the same selection.
+`metrics.jsonl` (records of this evaluator's name, its `config.evals` key), so resumed runs and
+`mode=eval` in the same workdir continue the same selection.
 
-The trainer supplies `universe(kind)` (class ids, unseen mask, query splits) and
-`eval_scores(evaluator, variables, universe)`; this module owns batching, gathering and metrics.
+Uses from the trainer's offer: `universe(kind)` (class ids, unseen mask, query splits),
+`scores(variables, universe, map_batches)` (the method's scoring, run through this module's
+`map_batches(source, fn)`, the core eval loop), `num_classes`, `select_on`, `iterations_from` and
+`title`. This module owns batching, gathering and metrics.
 """
+import functools
 import logging
 import math
-import pathlib
 
-import grain
 import jax
 import numpy as np
 
 from zsl_jax import metrics as metrics_lib
-from zsl_jax import sharding
-from zsl_jax.data import pipeline
 from zsl_jax.errors import UserError
 from zsl_jax.evaluators import base as eval_base
 from zsl_jax.projects.attr import calibration
@@ -34,49 +34,28 @@ SELECT_LABEL = {"val": "val", "test_reference": "test (reference protocol: selec
 
 
 class Evaluator(eval_base.Evaluator):
+  """Args (from `config.evals.<name>`): batch_size (global, rounded up to the device count), plot
+  (calibration curves as PNG), also_per_sample (per-sample accuracies besides per-class ones)."""
 
-  def __init__(self, trainer, mesh, workdir, batch_size=128, plot=True, name="gzsl", also_per_sample=False):
-    super().__init__(trainer, mesh, workdir)
-    select_on = trainer.select_on  # decides the training split too, so the trainer owns it
+  def __init__(self, context, batch_size=128, plot=True, also_per_sample=False):
+    super().__init__(context)
+    select_on = self.offer["select_on"]  # decides the training split too, so the trainer owns it
     if select_on not in SELECT_LABEL:
       raise UserError(f"zsl.select_on={select_on!r}; use 'val', 'test_reference' or 'final'")
     self.select_on = select_on
-    self.iterations_from = trainer.config.zsl.get("iterations_from", "")  # a retrain_on_trainval run
-    n_dev = mesh.devices.size
-    self.batch_size = int(math.ceil(int(batch_size) / n_dev) * n_dev)  # divisible by the devices
+    self.iterations_from = self.offer.get("iterations_from", "")  # a retrain_on_trainval run
+    self.batch_size = eval_base.round_batch_size(batch_size, self.mesh)
     self.plot = plot
-    self.name = name
     self.also_per_sample = also_per_sample
-    self.workdir = pathlib.Path(workdir)
+    self.map_batches = functools.partial(eval_base.map_batches, mesh=self.mesh, global_batch_size=self.batch_size)
     self._best = None  # (criterion, step, record)
     self._history_loaded = False
 
-  # ------------------------------------------------------------------ batching
-  def map_split(self, split, fn):
-    """Runs jitted `fn(batch) -> {name: [b, ...]}` over one split; host arrays of unmasked rows.
-
-    Batches are exact and multi-host safe (padded + masked); 'label' (class id) and 'index' of
-    each image come back with the outputs, in the same (host-gathered) order.
-    """
-    source = self.trainer.dataset.source(split)
-    if len(source) == 0:
-      return None
-    ds = pipeline.padded_eval_dataset(grain.MapDataset.source(source), self.batch_size)
-    parts = []
-    for batch in ds:
-      g = sharding.global_batch(batch, self.mesh)
-      out = dict(fn(g))
-      out.update(label=g["label"], index=g["index"], _mask=g[pipeline.MASK_KEY])
-      parts.append(eval_base.to_host(out))
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    keep = cat.pop("_mask").astype(bool)
-    return {k: v[keep] for k, v in cat.items()}
-
   # ------------------------------------------------------------------ one universe
   def _evaluate(self, variables, kind):
-    uni = self.trainer.universe(kind)
-    scored = self.trainer.eval_scores(self, variables, uni)
-    position = np.full(self.trainer.dataset.num_classes, -1, np.int64)
+    uni = self.offer["universe"](kind)
+    scored = self.offer["scores"](variables, uni, self.map_batches)
+    position = np.full(self.offer["num_classes"], -1, np.int64)
     position[uni["classes"]] = np.arange(len(uni["classes"]))
     seen, unseen = scored["seen"], scored["unseen"]
     k = len(uni["classes"])
@@ -104,17 +83,25 @@ class Evaluator(eval_base.Evaluator):
 
   # ------------------------------------------------------------------ selection history
   def _load_history(self, step):
-    """Best earlier record of this evaluator in this workdir's metrics.jsonl (steps < `step`)."""
+    """Best earlier record of this evaluator in this workdir's metrics.jsonl (steps < `step`).
+
+    Read on process 0 (the only writer of the file) and broadcast, so every host selects alike.
+    """
     self._history_loaded = True
-    path = self.workdir / "metrics.jsonl"
-    if not path.exists():
-      return
-    for rec in metrics_lib.read_metrics(self.workdir):
-      if rec.get("split") != self.name or rec["step"] >= step or "criterion" not in rec:
-        continue
-      crit = rec["criterion"]
-      if isinstance(crit, (int, float)) and math.isfinite(crit) and (self._best is None or crit > self._best[0]):
-        self._best = (crit, rec["step"], {m: rec.get(m) for m in METRICS})
+
+    def best():
+      found = None
+      if not (self.workdir / "metrics.jsonl").exists():
+        return found
+      for rec in metrics_lib.read_metrics(self.workdir, split=self.name):
+        crit = rec.get("criterion")
+        if rec["step"] >= step or not isinstance(crit, (int, float)) or not math.isfinite(crit):
+          continue
+        if found is None or crit > found[0]:
+          found = (crit, rec["step"], {m: rec.get(m) for m in METRICS})
+      return found
+
+    self._best = metrics_lib.decided_on_main(best)
 
   def _criterion(self, test, val):
     if self.select_on == "val":
@@ -126,9 +113,8 @@ class Evaluator(eval_base.Evaluator):
     h = src["gzsl_h"]
     return src["zsl_acc"] if not math.isfinite(h) else h
 
-  def run(self, state):
-    variables = {"params": state["params"], **state["model_state"]}
-    step = int(jax.device_get(state["model_state"]["progress"]["step"]))
+  def run(self, state, step):
+    variables = eval_base.model_variables(state)
     if not self._history_loaded:
       self._load_history(step)
     test, test_curve = self._evaluate(variables, "test")
@@ -150,7 +136,7 @@ class Evaluator(eval_base.Evaluator):
     if self.plot and test_curve is not None and jax.process_index() == 0:
       plots = self.workdir / "plots"
       plots.mkdir(parents=True, exist_ok=True)
-      title = f"{self.trainer.dataset.name} {self.trainer.config.trainer} step {step}: test GZSL"
+      title = f"{self.offer['title']} step {step}: test GZSL"
       op = (test["gzsl_seen"], test["gzsl_unseen"])
       calibration.plot_curve(plots / f"{self.name}_calibration.png", *test_curve, test["ausuc"], op, title)
       if improved:

@@ -7,8 +7,10 @@ part in a choice. It lives in `<workdir>/retrain_trainval/` with its own config.
 and metrics, and the same command resumes either stage.
 """
 import logging
+import pathlib
 
 from zsl_jax import metrics as metrics_lib
+from zsl_jax import projects
 from zsl_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -31,8 +33,14 @@ def check(config):
   _selection_evaluator(config)
 
 
+def _is_gzsl(ev):
+  """config.evals entry naming the gzsl evaluator, by short name or by module path."""
+  kind = ev.get("type") or ""
+  return projects.EVALUATORS.get(kind, kind) == projects.EVALUATORS["gzsl"]
+
+
 def _selection_evaluator(config):
-  names = [name for name, ev in config.evals.items() if ev.get("type") == "gzsl"]
+  names = [name for name, ev in config.evals.items() if _is_gzsl(ev)]
   if not names:
     raise UserError("zsl.retrain_on_trainval=True needs a gzsl evaluator in config.evals to select the iteration count")
   return names[0]
@@ -43,16 +51,15 @@ def selected_step(config, workdir):
 
   Process 0 reads its metrics.jsonl (only it writes one) and every process receives the value.
   """
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   name = _selection_evaluator(config)
-  step = -1
-  if jax.process_index() == 0:
+
+  def last_selected():
+    if not (pathlib.Path(workdir) / "metrics.jsonl").exists():
+      return -1
     records = [r for r in metrics_lib.read_metrics(workdir, split=name) if "selected_step" in r]
-    step = int(records[-1]["selected_step"]) if records else -1
-  if jax.process_count() > 1:
-    step = int(multihost_utils.broadcast_one_to_all(np.int64(step)))
+    return int(records[-1]["selected_step"]) if records else -1
+
+  step = metrics_lib.decided_on_main(last_selected)
   if step < 0:
     raise UserError(f"{workdir}/metrics.jsonl has no {name!r} evaluation to select an iteration count from; "
                     f"give config.evals.{name}.every_steps a value below total_steps")

@@ -5,14 +5,15 @@ plain image-to-prompt cross-entropy over the 983 (1K) seen classes on shuffled b
 reference's `baseline/CLIP/clip_train.py`: AdamW 3e-7, weight decay 1e-4, batch 64). Evaluating
 an unmodified converted OpenAI checkpoint with this config's evaluator gives the zero-shot row.
 """
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from zsl_jax.projects.hgr.data import batchers
+from zsl_jax.projects.hgr.data import imagenet21k
 from zsl_jax.data import pipeline
+from zsl_jax.data import sampling
 from zsl_jax.text import tokenizer
 from zsl_jax.projects.hgr import trainer as hgr
 
@@ -46,12 +47,9 @@ class Trainer(hgr.Trainer):
     return batchers.steps_per_epoch(self.index.labels(self._train_rows()), self.config.batch_size, "shuffled")
 
   def train_iterator(self):
+    """Shuffled global batches: every host loads its slice, the same batches for any host count."""
     d = self.config.data
-    ds = batchers.train_dataset(self.index, d.train_split, d.train_classes, global_batch_size=self.config.batch_size,
-                                batcher="shuffled", seed=self.config.seed,
-                                image_size=self.clip_config.image_resolution, preprocess="clip")
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch))
-    if d.num_workers > 0:
-      it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
-    return iter(it_ds)
-
+    rows = sampling.ShuffledSampler(self._train_rows(), self.config.batch_size, self.config.seed)
+    load = imagenet21k.LoadImage(self.index, self.clip_config.image_resolution, "clip")
+    return sampling.iterator(rows, load, per_row=True, num_threads=d.num_threads, prefetch=d.prefetch,
+                             num_workers=d.num_workers)

@@ -18,7 +18,9 @@ import numpy as np
 from zsl_jax.errors import UserError
 
 SCHEMES = ("equal", "increasing", "decreasing", "nl_increasing", "nl_decreasing", "adaptive",
-           "adaptive_frozen", "inverse_count")
+           "adaptive_frozen", "inverse_count")  # hgr.level_weights
+INDEX_BY = ("depth", "loop_position")  # hgr.index_by: what indexes the adaptive θ
+WEIGHTINGS = ("both", "in", "out")     # hgr.weighting: which loops the scheme weights (the other is equal)
 _MASKED = -1e9
 
 
@@ -46,6 +48,8 @@ def loop_weights(scheme, depths, theta=None, level_counts=None, index_by="depth"
   elif scheme == "nl_decreasing":
     raw = (n - pos) ** 3
   elif scheme in ("adaptive", "adaptive_frozen"):
+    if index_by not in INDEX_BY:
+      raise UserError(f"hgr.index_by={index_by!r} is not one of: {', '.join(INDEX_BY)}")
     idx = jnp.maximum(depths, 0) if index_by == "depth" else jnp.broadcast_to(
         jnp.arange(depths.shape[-1]), depths.shape)
     th = theta if scheme == "adaptive" else jax.lax.stop_gradient(theta)
@@ -54,7 +58,7 @@ def loop_weights(scheme, depths, theta=None, level_counts=None, index_by="depth"
   elif scheme == "inverse_count":
     raw = 1.0 / jnp.asarray(level_counts, dtype)[jnp.maximum(depths, 0)]
   else:
-    raise UserError(f"hgr.level_weights={scheme!r}; use one of {', '.join(SCHEMES)}")
+    raise UserError(f"hgr.level_weights={scheme!r} is not one of: {', '.join(SCHEMES)}")
   raw = jnp.broadcast_to(raw, maskf.shape) * maskf
   return raw / jnp.maximum(raw.sum(-1, keepdims=True), 1e-30)
 
@@ -67,6 +71,8 @@ def init_theta(level_counts, scale=1.0):
 
 def contrast_weights(scheme, contrasts, theta=None, level_counts=None, weighting="both", index_by="depth"):
   """w_out[k] * w_in[k, m] for every contrast [G]; `weighting` in|out makes the other loop equal."""
+  if weighting not in WEIGHTINGS:
+    raise UserError(f"hgr.weighting={weighting!r} is not one of: {', '.join(WEIGHTINGS)}")
   out_scheme = scheme if weighting in ("both", "out") else "equal"
   in_scheme = scheme if weighting in ("both", "in") else "equal"
   w_out = loop_weights(out_scheme, contrasts["outer_depths"], theta, level_counts, index_by)  # [K]

@@ -6,62 +6,108 @@ P(y) = (a_0, ..., a_{L-1} = y):
   TOR         the top-1 over *all* classes is y or one of its ancestors on P(y).
   POR         (1/L) sum_j [argmax over the nodes at depth(a_j) == a_j]   (per-level accuracy).
   path ratio  (1/(L-1)) sum_{j<L-1} [levels j and j+1 both right]; for L = 1, level 0 right.
-All are image averages. The functions take predictions (small integer arrays), so evaluators can
-compute scores on device and only move top-k indices to the host.
-"""
-import math
+All are image averages.
 
+They are computed in two halves. On device, `count_batch` turns a batch's scores into INTEGER
+counts (hits at each rank, TOR hits, right levels summed per path length, per-depth right/valid
+counts), which add up over batches and hosts: the sums are the same for any host/device layout,
+and the host only ever holds O(depth + k) numbers, however many images there are. On the host,
+`from_counts` divides: POR = (1/n) sum_L right_L / L exactly (fractions), then rounds once.
+"""
+import dataclasses
+import fractions
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 HIT_KS = (1, 2, 5, 10, 20)
 
 
-def _mean(x):
-  """Correctly rounded mean: independent of image order (hosts gather images in another order)."""
-  x = np.asarray(x, np.float64).ravel()
-  return math.fsum(x) / len(x) if len(x) else float("nan")
+@dataclasses.dataclass(frozen=True)
+class Tables:
+  """Host tables of one evaluation, built once: which nodes rank for what."""
+  candidates: np.ndarray   # [Nc] nodes ranked for Hit@k (the test classes)
+  position: np.ndarray     # [N] a node's position among the candidates, -1 if not one
+  in_all: np.ndarray       # [N] bool: nodes TOR / POR choose among
+  depth_masks: np.ndarray  # [L, N] bool: nodes of `in_all` at each depth
+  paths: np.ndarray        # [N, L] root-first paths including the node, -1 padded
+
+  @classmethod
+  def build(cls, paths, candidates, all_nodes):
+    paths = np.asarray(paths, np.int32)
+    n, max_len = paths.shape
+    candidates = np.asarray(candidates, np.int32)
+    position = np.full(n, -1, np.int32)
+    position[candidates] = np.arange(len(candidates), dtype=np.int32)
+    in_all = np.zeros(n, bool)
+    in_all[np.asarray(all_nodes, np.int64)] = True
+    depth = np.where(in_all, (paths >= 0).sum(1) - 1, -1)
+    return cls(candidates, position, in_all, np.stack([depth == d for d in range(max_len)]), paths)
+
+  @property
+  def k(self):
+    """Ranks kept for Hit@k: the largest k, or fewer when there are fewer candidates."""
+    return min(max(HIT_KS), len(self.candidates))
+
+  def arrays(self):
+    return dataclasses.asdict(self)
 
 
-def topk_indices(scores, k):
-  """[N, C] -> [N, k] column indices of the k highest scores, best first (ties: lower index)."""
-  k = min(k, scores.shape[1])
-  part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-  order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
-  return np.take_along_axis(part, order, 1)
+def count_batch(scores, labels, mask, tables, k):
+  """Integer counts of one batch (traced under jit; sums over a global batch span every host).
+
+  Args:
+    scores: [b, N] image-to-node similarities; labels: [b] node of each image's class;
+    mask: [b] bool, False for padding (and undecodable images); tables: `Tables.arrays()`, numpy or
+    device arrays; k: `Tables.k` (static).
+  Returns:
+    {name: int32 array}: count [], rank_hits [k] (images whose class is ranked r-th), tor [],
+    right_by_length / path_by_length [L + 1] (right levels / right consecutive pairs, level 0 for
+    L = 1, summed over the images of each path length), right_by_depth / valid_by_depth [L].
+  """
+  t = {name: jnp.asarray(x) for name, x in tables.items()}
+  max_len = t["paths"].shape[1]
+  m = mask.astype(jnp.int32)                                                       # [b]
+  _, topk = jax.lax.top_k(scores[:, t["candidates"]], k)                    # [b, k]
+  rank_hits = ((topk == t["position"][labels][:, None]) * m[:, None]).sum(0)        # [k]
+  p = t["paths"][labels]                                                           # [b, L]
+  valid = p >= 0
+  top1 = jnp.argmax(jnp.where(t["in_all"], scores, -jnp.inf), axis=-1)             # [b]
+  tor = ((p == top1[:, None]).any(1) * m).sum()
+  levels = jnp.argmax(jnp.where(t["depth_masks"][None], scores[:, None, :], -jnp.inf), axis=-1)  # [b, L]
+  right = (levels == p) & valid                                                    # [b, L]
+  pairs = (right[:, :-1] & right[:, 1:] & valid[:, 1:]).sum(1)                     # [b]
+  length = valid.sum(1)                                                            # [b]
+  path = jnp.where(length > 1, pairs, right[:, 0])
+  by_length = jax.nn.one_hot(length, max_len + 1, dtype=jnp.int32) * m[:, None]    # [b, L + 1]
+  per_image = lambda x: (by_length * x.astype(jnp.int32)[:, None]).sum(0)
+  return {"count": m.sum(), "rank_hits": rank_hits, "tor": tor, "right_by_length": per_image(right.sum(1)),
+          "path_by_length": per_image(path), "right_by_depth": (right * m[:, None]).sum(0),
+          "valid_by_depth": (valid * m[:, None]).sum(0)}
 
 
-def hit_at_k(topk, labels, ks=HIT_KS):
-  """topk: [N, kmax] ranked class indices; labels: [N] -> {"hit@k": fraction}."""
-  hits = topk == np.asarray(labels)[:, None]
-  return {f"hit@{k}": _mean(hits[:, :k].any(1)) for k in ks}
+def _ratio(numerators, count):
+  """(1/count) * the sum of exact `numerators`, rounded once (NaN without images)."""
+  return float(sum(numerators, fractions.Fraction(0)) / count) if count else float("nan")
 
 
-def per_level_predictions(scores_all, node_depth, max_len):
-  """[N, nodes] scores over all classes -> [N, max_len] argmax node among nodes of each depth."""
-  out = np.full((scores_all.shape[0], max_len), -1, np.int64)
-  for d in range(max_len):
-    nodes = np.flatnonzero(node_depth == d)
-    if len(nodes):
-      out[:, d] = nodes[np.argmax(scores_all[:, nodes], axis=1)]
+def from_counts(counts):
+  """Summed `count_batch` counts (host numpy) -> {hit@k, tor, por, path_ratio, count}."""
+  n = int(counts["count"])
+  hits = np.cumsum(np.asarray(counts["rank_hits"], np.int64))
+  out = {f"hit@{k}": _ratio([int(hits[min(k, len(hits)) - 1])], n) for k in HIT_KS}
+  out["tor"] = _ratio([int(counts["tor"])], n)
+  right, path = (np.asarray(counts[k], np.int64) for k in ("right_by_length", "path_by_length"))
+  out["por"] = _ratio([fractions.Fraction(int(r), length) for length, r in enumerate(right) if length], n)
+  out["path_ratio"] = _ratio([fractions.Fraction(int(h), max(length - 1, 1)) for length, h in enumerate(path)
+                              if length], n)
+  out["count"] = n
   return out
 
 
-def hierarchical_ratios(top1_all, level_pred, labels, paths):
-  """TOR, POR and path ratio.
-
-  Args:
-    top1_all: [N] node with the highest score over all classes.
-    level_pred: [N, max_len] node predicted at each depth (per_level_predictions).
-    labels: [N] node of each image's class.
-    paths: [nodes, max_len] root-first paths including the node, -1 padded.
-  """
-  labels = np.asarray(labels)
-  p = paths[labels]                         # [N, max_len]
-  valid = p >= 0
-  length = valid.sum(1)
-  tor = (p == np.asarray(top1_all)[:, None]).any(1)
-  right = (level_pred[:, :p.shape[1]] == p) & valid
-  por = right.sum(1) / length
-  pairs = right[:, :-1] & right[:, 1:] & valid[:, 1:]
-  path = np.where(length > 1, pairs.sum(1) / np.maximum(length - 1, 1), right[:, 0])
-  return {"tor": _mean(tor), "por": _mean(por), "path_ratio": _mean(path)}
+def per_level(counts):
+  """Per-depth accuracy of the level predictions (None where no image has that depth) and image counts."""
+  right, valid = (np.asarray(counts[k], np.int64) for k in ("right_by_depth", "valid_by_depth"))
+  accuracy = [float(fractions.Fraction(int(r), int(v))) if v else None for r, v in zip(right, valid)]
+  return accuracy, [int(v) for v in valid]

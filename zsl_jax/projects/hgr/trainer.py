@@ -1,7 +1,7 @@
 """HGR-Net trainer: CLIP fine-tuned with the hierarchical OM loss on class-pure batches.
 
 Per step the host draws one class's images (`data.batchers`, class-pure), samples every
-contrast's negatives (`losses.hgr.ContrastSampler`, seeded by (seed, step) so a resumed run
+contrast's negatives (`negatives.ContrastSampler`, seeded by (seed, step) so a resumed run
 draws the same ones), deduplicates the prompts and truncates their tokens after the last EOT.
 The device encodes the images once and the unique prompts once, then scores all contrasts as one
 [G, B, C] tensor. The adaptive level weights θ are parameters (`hgr/level_theta`) with their own
@@ -13,24 +13,38 @@ import logging
 import math
 import pathlib
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zsl_jax.projects.hgr.data import array_record
 from zsl_jax.projects.hgr.data import batchers
+from zsl_jax.projects.hgr.data import demo as synthetic_imagenet
 from zsl_jax.projects.hgr.data import imagenet21k
+from zsl_jax.data import demo_cache
 from zsl_jax.data import pipeline
+from zsl_jax.data import sampling
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr.hierarchy import graph as graph_lib
 from zsl_jax.projects.hgr import loss as hgr_loss
+from zsl_jax.projects.hgr import negatives
 from zsl_jax.models import clip as clip_lib
 from zsl_jax.text import tokenizer
+from zsl_jax import config_lib
 from zsl_jax import trainer as base
 
 logger = logging.getLogger(__name__)
 
+MODEL_NAMES = ("custom",) + tuple(clip_lib.PRESETS)  # model.name: a CLIP preset, or custom sizes
 CONTRAST_KEYS = ("columns", "k_index", "m_index", "group_mask", "outer_depths", "inner_depths")
+
+
+def preset_name(name):
+  """The CLIP preset `name` spells ("ViT-B-32" -> "ViT-B/32"), or `name` itself when it is none."""
+  try:
+    return clip_lib.preset_name(clip_lib.get_config(name))
+  except UserError:
+    return name
 
 
 def clip_config(model_config):
@@ -45,18 +59,16 @@ def clip_config(model_config):
                              transformer_layers=c.transformer_layers)
 
 
-def prepare_data(data_config):
-  """(hierarchy, image index); builds the embedded demo data on first use when `data.demo` is set."""
+def prepare_data(data_config, selections=()):
+  """(hierarchy, image index); builds the embedded demo data on first use when `data.demo` is set.
+
+  With `data.images="array_record"` the index reads image bytes from the packs in `data.array_record`,
+  checked here to hold every image of `selections` ((split, classes) pairs the run reads).
+  """
   hierarchy_file, index_dir = data_config.hierarchy, data_config.index
   if data_config.demo:
-    from zsl_jax.projects.hgr.data import demo as synthetic_imagenet  # pylint: disable=import-outside-toplevel
     root = pathlib.Path(data_config.demo_root).expanduser()
-    if jax.process_index() == 0:
-      paths = synthetic_imagenet.prepare_demo(root, seed=0)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      multihost_utils.sync_global_devices("zsl_jax demo data")
-    paths = synthetic_imagenet.prepare_demo(root, seed=0)  # Reads the finished build on every host.
+    paths = demo_cache.main_process_first(lambda: synthetic_imagenet.prepare_demo(root, seed=0), "zsl_jax demo data")
     hierarchy_file = str(pathlib.Path(paths["hierarchy_dir"]) / "hierarchy.json")
     index_dir = paths["index"]
   if not hierarchy_file or not index_dir:
@@ -65,7 +77,7 @@ def prepare_data(data_config):
   hierarchy = graph_lib.Hierarchy.load(hierarchy_file)
   index = imagenet21k.ImageIndex(index_dir)
   index.check_hierarchy(hierarchy)
-  return hierarchy, index
+  return hierarchy, array_record.open_images(index, data_config, selections)
 
 
 def prompt_tokens(hierarchy, template):
@@ -92,17 +104,16 @@ class AddContrasts:
   Every host computes the same contrasts (same seed, same step, same class), so the contrast
   arrays are replicated batch entries; the images stay sharded.
   """
-  sampler: hgr_loss.ContrastSampler
-  slots: batchers.ClassPureSlots
+  sampler: negatives.ContrastSampler
+  classes: batchers.ClassPureSampler
   tokens: np.ndarray
   seed: int
 
   def __call__(self, step, batch):
-    c, _ = self.slots.step_class(step)
-    label = int(self.slots.classes[c])
+    label = self.classes.step_label(step)
     rng = np.random.default_rng([self.seed, 7, int(step)])
     contrasts = self.sampler.sample(label, rng)
-    unique, columns, n = hgr_loss.dedupe_prompts(contrasts.node_ids, multiple=1)
+    unique, columns, n = negatives.dedupe_prompts(contrasts.node_ids, multiple=1)
     size = _bucket(n)
     nodes = np.full(size, unique[0], np.int32)
     nodes[:n] = unique[:n]
@@ -120,9 +131,19 @@ class Trainer(base.Trainer):
 
   replicated_batch_keys = ("prompt_tokens", "num_prompts") + CONTRAST_KEYS
 
+  @classmethod
+  def check_config(cls, config):
+    """HGR-Net's switches (contrasts, level weights, model, image source) and the engine's."""
+    super().check_config(config)
+    config_lib.check_choices(config, {
+        "hgr.method": negatives.METHODS, "hgr.sampler": negatives.SAMPLERS, "hgr.level_weights": hgr_loss.SCHEMES,
+        "hgr.index_by": hgr_loss.INDEX_BY, "hgr.weighting": hgr_loss.WEIGHTINGS,
+        "data.images": array_record.IMAGE_SOURCES})
+    config_lib.check_choice(config, "model.name", MODEL_NAMES, normalize=preset_name)
+
   def __init__(self, config, mesh):
     super().__init__(config, mesh)
-    self.hierarchy, self.index = prepare_data(config.data)
+    self.hierarchy, self.index = prepare_data(config.data, array_record.needed_selections(config))
     self.clip_config = clip_config(config.model)
     self.module = clip_lib.CLIP(self.clip_config, self.dtype,
                                 bn_use_running_average=not config.model.bn_train)
@@ -130,10 +151,8 @@ class Trainer(base.Trainer):
     self.level_counts = level_counts(self.hierarchy)
     self.paths = self.hierarchy.path_array()
     h = config.hgr
-    if h.level_weights not in hgr_loss.SCHEMES:
-      raise UserError(f"hgr.level_weights={h.level_weights!r}; use one of {', '.join(hgr_loss.SCHEMES)}")
     candidates = self.hierarchy.indices(self.index.class_list(config.data.model_classes))
-    self.sampler = hgr_loss.ContrastSampler(
+    self.sampler = negatives.ContrastSampler(
         self.paths, self.hierarchy.depth, self.hierarchy.children, self.hierarchy.nodes_at_depth[0],
         out_ratio=h.out_ratio, in_ratio=h.in_ratio, strategy=h.sampler, k=h.k,
         num_negatives=h.num_negatives, method=h.method, candidates=candidates,
@@ -198,25 +217,23 @@ class Trainer(base.Trainer):
   # ------------------------------------------------------------------ data
   def _train_rows(self):
     d = self.config.data
-    return self.index.rows(d.train_split, d.train_classes)
+    rows = self.index.rows(d.train_split, d.train_classes)
+    if not len(rows):
+      raise UserError(f"split {d.train_split!r} with classes {d.train_classes!r} has no images; "
+                      f"check --config.data.index and the class lists")
+    return rows
 
   def steps_per_epoch(self):
     return batchers.steps_per_epoch(self.index.labels(self._train_rows()), self.config.batch_size)
 
   def train_iterator(self):
     d = self.config.data
-    p, count = pipeline.process_info()
     rows = self._train_rows()
-    slots = batchers.ClassPureSlots(self.index.labels(rows), rows, self.config.batch_size, self.config.seed, p,
-                                    count, batchers.INFINITE_STEPS)
-    ds = batchers.train_dataset(self.index, d.train_split, d.train_classes, global_batch_size=self.config.batch_size,
-                                batcher="class_pure", seed=self.config.seed, image_size=self.clip_config.image_resolution,
-                                preprocess="clip", slots=slots)
-    ds = ds.map_with_index(AddContrasts(self.sampler, slots, self.tokens, self.config.seed))
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=d.num_threads, prefetch_buffer_size=d.prefetch))
-    if d.num_workers > 0:
-      it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.num_workers))
-    return iter(it_ds)
+    classes = batchers.ClassPureSampler(self.index.labels(rows), rows, self.config.batch_size, self.config.seed)
+    load = imagenet21k.LoadImage(self.index, self.clip_config.image_resolution, "clip")
+    return sampling.iterator(classes, load, per_row=True,
+                             step_map=AddContrasts(self.sampler, classes, self.tokens, self.config.seed),
+                             num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
 
   def _similarity_fn(self):
     """near_simi ranks negatives by prompt similarity under the *initial* text tower.
@@ -258,7 +275,16 @@ class Trainer(base.Trainer):
 
   @functools.cached_property
   def encode_images_fn(self):
+    """jitted (variables, images [B, S, S, 3]) -> normalised image features [B, E] (evaluation)."""
     def f(variables, images):
       img = self.module.apply(self.clip_variables(variables), images, method=clip_lib.CLIP.encode_image)
       return img / jnp.linalg.norm(img, axis=-1, keepdims=True)
     return jax.jit(f)
+
+  def eval_offer(self):
+    """For the hierarchical evaluator: the towers, every node's prompt, the hierarchy and the test images."""
+    return {"encode_images": self.encode_images_fn, "encode_prompts": self.encode_prompts_fn,
+            "prompt_tokens": self.tokens, "hierarchy": self.hierarchy, "index": self.index,
+            "image_size": self.clip_config.image_resolution,
+            "eval_dataset": functools.partial(imagenet21k.eval_dataset, self.index,
+                                              image_size=self.clip_config.image_resolution)}

@@ -16,8 +16,14 @@ import os
 
 import numpy as np
 
+from zsl_jax import cli
+from zsl_jax.errors import UserError
 from zsl_jax.projects.attr.data import word_vectors
-from zsl_jax.projects.attr.data.benchmarks import check_dataset_name
+from zsl_jax.projects.attr.data.xlsa17 import check_dataset_name
+
+# Bump when `make_demo` writes different data for the same arguments: cached demo folders are keyed
+# by it (zsl_jax.data.demo_cache), so every run then builds the new data instead of reusing the old.
+VERSION = 1
 
 # Stored-path prefixes of res101.mat `image_files` (dazle_vsmr.md §2.1) and the image folder
 # below the dataset root in the users' layout.
@@ -112,34 +118,17 @@ def make_demo(out_dir, dataset="AWA2", *, num_classes=20, num_unseen=5, num_val_
     word_vector_dir: a folder with DAZLE's `<DS>_attribute.pkl` and `<DS>_new_des.csv`; when given,
       a random subset of the real attribute names and vectors is used, else random ones.
   """
-  import h5py  # pylint: disable=import-outside-toplevel
   dataset = check_dataset_name(dataset)
   if not 0 < num_unseen < num_classes or not 0 < num_val_classes < num_classes - num_unseen:
-    from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
     raise UserError(f"demo needs 0 < num_unseen ({num_unseen}) < num_classes ({num_classes}) and "
                     f"0 < num_val_classes ({num_val_classes}) < the number of seen classes")
   rng = np.random.default_rng(seed)
   os.makedirs(out_dir, exist_ok=True)
   names, w2v = _demo_names(rng, dataset, num_attributes, word_vector_dir, w2v_dim)
-  num_attributes = len(names)
-  present = _class_attributes(rng, num_classes, num_attributes, attribute_density)  # [K, I]
+  present = _class_attributes(rng, num_classes, len(names), attribute_density)  # [K, I]
   strength = present * rng.uniform(50.0, 100.0, present.shape)  # original_att-like, 0..100
-  # Non-negative sparse prototype per attribute (ResNet features are post-ReLU).
-  shape = (num_attributes, feature_dim)
-  protos = np.abs(rng.standard_normal(shape)) * (rng.random(shape) < 0.3)
-  protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-6)  # [I, F]
-
-  regions = grid * grid
   labels = np.repeat(np.arange(num_classes), images_per_class)
-  n = labels.size
-  feats = np.abs(noise * rng.standard_normal((n, regions, feature_dim)))  # [N, R, F] background
-  for i, c in enumerate(labels):
-    for a in np.flatnonzero(present[c]):
-      where = rng.choice(regions, rng.integers(1, 3), replace=False)
-      amp = strength[c, a] / 100.0 * rng.uniform(0.7, 1.3)
-      feats[i, where] += amp * protos[a]
-  feats = feats.astype(np.float32)
-
+  feats = _region_features(rng, labels, strength, feature_dim, grid * grid, noise)  # [N, R, F]
   unseen = np.sort(rng.choice(num_classes, num_unseen, replace=False))
   seen = np.setdiff1d(np.arange(num_classes), unseen)
   val_classes = np.sort(rng.choice(seen, num_val_classes, replace=False))
@@ -157,9 +146,31 @@ def make_demo(out_dir, dataset="AWA2", *, num_classes=20, num_unseen=5, num_val_
     writer = csv.writer(f)
     writer.writerow(["", "idx", "des", "new_des"])
     writer.writerows([i, i + 1, name, name] for i, name in enumerate(names))
+  _write_hdf5(paths["hdf5"], feats, grid, labels, locs, strength, w2v, class_names, names)
+  return paths
 
+
+def _region_features(rng, labels, strength, feature_dim, regions, noise):
+  """[N, R, F] float32: background noise plus each present attribute's prototype in 1-2 regions."""
+  # Non-negative sparse prototype per attribute (ResNet features are post-ReLU).
+  shape = (strength.shape[1], feature_dim)
+  protos = np.abs(rng.standard_normal(shape)) * (rng.random(shape) < 0.3)
+  protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-6)  # [I, F]
+  feats = np.abs(noise * rng.standard_normal((labels.size, regions, feature_dim)))  # [N, R, F] background
+  for i, c in enumerate(labels):
+    for a in np.flatnonzero(strength[c]):
+      where = rng.choice(regions, rng.integers(1, 3), replace=False)
+      amp = strength[c, a] / 100.0 * rng.uniform(0.7, 1.3)
+      feats[i, where] += amp * protos[a]
+  return feats.astype(np.float32)
+
+
+def _write_hdf5(path, feats, grid, labels, locs, strength, w2v, class_names, attribute_names):
+  """The DAZLE-layout feature file: feature_map [N, F, grid, grid] plus labels, locs, att, w2v_att, names."""
+  import h5py  # pylint: disable=import-outside-toplevel
+  n, _, feature_dim = feats.shape
   att = strength / np.maximum(np.linalg.norm(strength, axis=1, keepdims=True), 1e-12)
-  with h5py.File(paths["hdf5"], "w") as f:
+  with h5py.File(path, "w") as f:
     f.create_dataset("feature_map", data=feats.transpose(0, 2, 1).reshape(n, feature_dim, grid, grid),
                      compression="gzip", chunks=(1, feature_dim, grid, grid))
     f.create_dataset("labels", data=labels.astype(np.int64), compression="gzip")
@@ -169,8 +180,7 @@ def make_demo(out_dir, dataset="AWA2", *, num_classes=20, num_unseen=5, num_val_
     f.create_dataset("original_att", data=strength, compression="gzip")
     f.create_dataset("w2v_att", data=np.asarray(w2v, np.float64), compression="gzip")
     f.create_dataset("class_names", data=np.array(class_names, dtype=h5py.string_dtype()))
-    f.create_dataset("attribute_names", data=np.array(names, dtype=h5py.string_dtype()))
-  return paths
+    f.create_dataset("attribute_names", data=np.array(attribute_names, dtype=h5py.string_dtype()))
 
 
 def make_demo_images(out_dir, dataset="AWA2", *, num_classes=4, num_unseen=1, images_per_class=3, num_attributes=6,
@@ -182,8 +192,9 @@ def make_demo_images(out_dir, dataset="AWA2", *, num_classes=4, num_unseen=1, im
   include a greyscale one, as real data does. Returns a dict with `images`, `att_splits`,
   `res101`, `labels`, `files` (absolute image paths in res101 order).
   """
-  from zsl_jax.data.images import encode_jpeg  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
+
+  from zsl_jax.data.images import encode_jpeg  # pylint: disable=import-outside-toplevel
   dataset = check_dataset_name(dataset)
   rng = np.random.default_rng(seed)
   root = os.path.join(out_dir, "images")
@@ -219,11 +230,20 @@ def make_demo_images(out_dir, dataset="AWA2", *, num_classes=4, num_unseen=1, im
   return out
 
 
+def _run(args):
+  if args.images:
+    out = make_demo_images(args.out, args.dataset, seed=args.seed)
+    out = {k: out[k] for k in ("images", "att_splits", "res101")}
+  else:
+    out = make_demo(args.out, args.dataset, feature_dim=args.feature_dim, word_vector_dir=args.word_vector_dir,
+                    seed=args.seed)
+  for key, path in out.items():
+    print(f"{key}: {path}")
+
+
 def main(argv=None):
   """`python -m zsl_jax.tools.zsl_demo --out DIR [--dataset AWA2] [--images]`: writes demo files."""
-  import argparse  # pylint: disable=import-outside-toplevel
-  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.zsl_demo", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser("zsl_demo", description=__doc__)
   p.add_argument("--out", required=True, help="output folder")
   p.add_argument("--dataset", default="AWA2", help="AWA2, CUB or SUN: file names and image-path layout")
   p.add_argument("--feature-dim", type=int, default=64, help="region feature size F (ResNet-101 has 2048)")
@@ -232,22 +252,7 @@ def main(argv=None):
   p.add_argument("--images", action="store_true", help="instead write a tiny JPEG set + res101.mat/att_splits.mat "
                  "for trying zsl_jax.tools.extract_features")
   p.add_argument("--seed", type=int, default=0, help="random seed")
-  args = p.parse_args(argv)
-  from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-  try:
-    if args.images:
-      out = make_demo_images(args.out, args.dataset, seed=args.seed)
-      out = {k: out[k] for k in ("images", "att_splits", "res101")}
-    else:
-      out = make_demo(args.out, args.dataset, feature_dim=args.feature_dim, word_vector_dir=args.word_vector_dir,
-                      seed=args.seed)
-  except UserError as e:
-    import sys  # pylint: disable=import-outside-toplevel
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  for key, path in out.items():
-    print(f"{key}: {path}")
-  return 0
+  return cli.run_command("zsl_demo", _run, p.parse_args(argv))
 
 
 if __name__ == "__main__":

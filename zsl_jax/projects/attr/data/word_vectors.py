@@ -14,6 +14,7 @@ import re
 import numpy as np
 
 from zsl_jax.errors import UserError
+from zsl_jax.projects.attr.data import mat_files
 
 # Per-dataset name cleaning as DAZLE's extract_attribute_w2v_* scripts do it.
 _AWA2_WORDS = {"newworld": "new world", "oldworld": "old world", "nestspot": "nest spot",
@@ -73,12 +74,10 @@ def read_attribute_names(path, dataset):
       names = [_replace_words(n.strip(), _AWA2_WORDS) for n in names]
     return [" ".join(n.split()) for n in names]
   if path.endswith(".mat"):
-    import scipy.io  # pylint: disable=import-outside-toplevel
-    from zsl_jax.projects.attr.data.benchmarks import _cellstr  # pylint: disable=import-outside-toplevel
-    mat = scipy.io.loadmat(path)
+    mat = mat_files.loadmat(path, "SUN attributes.mat", "pass SUN's attributes.mat")
     if "attributes" not in mat:
       raise UserError(f"{path} has no 'attributes' cell array; pass SUN's attributes.mat")
-    raw = _cellstr(mat["attributes"])
+    raw = mat_files.cellstr(mat["attributes"])
   else:
     with open(path, encoding="utf-8") as f:
       lines = [line.strip() for line in f if line.strip()]

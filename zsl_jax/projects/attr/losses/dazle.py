@@ -7,13 +7,16 @@ is a boolean [K] mask of the classes that get the +bias margin.
 import jax
 import jax.numpy as jnp
 
+from zsl_jax.errors import UserError
+
+LOSS_TYPES = ("CE", "rank")  # loss.type: cross-entropy, or the hinge ranking variant
+CE_OVER = ("all", "seen")    # loss.ce_over: the classes the main term normalises over
+
 
 def cross_entropy(scores_raw, labels, seen, over="all"):
   """mean_b -log softmax(s_raw[b])[y_b]; `over='all'` (the notebooks' is_conservative) or 'seen'."""
   if over == "seen":
     scores_raw = jnp.where(seen[None, :], scores_raw, -jnp.inf)
-  elif over != "all":
-    raise ValueError(f"cross-entropy over {over!r}; use 'all' or 'seen'")
   logp = jax.nn.log_softmax(scores_raw, axis=-1)
   return -jnp.take_along_axis(logp, labels[:, None], axis=-1).mean()
 
@@ -39,6 +42,8 @@ def ranking(scores, labels, seen, over="all"):
 
 def dazle_loss(outputs, labels, unseen, *, lam=0.1, loss_type="CE", ce_over="all"):
   """Total loss and its parts; `outputs` as returned by `zsl_jax.projects.attr.models.dazle.DAZLE`."""
+  if ce_over not in CE_OVER:
+    raise UserError(f"loss.ce_over={ce_over!r} is not one of: {', '.join(CE_OVER)}")
   unseen = jnp.asarray(unseen, bool)
   seen = ~unseen
   if loss_type == "CE":
@@ -46,7 +51,7 @@ def dazle_loss(outputs, labels, unseen, *, lam=0.1, loss_type="CE", ce_over="all
   elif loss_type == "rank":
     main = ranking(outputs["scores"], labels, seen, ce_over)
   else:
-    raise ValueError(f"loss_type={loss_type!r}; use 'CE' or 'rank'")
+    raise UserError(f"loss.type={loss_type!r} is not one of: {', '.join(LOSS_TYPES)}")
   cal = self_calibration(outputs["scores"], unseen) if lam else jnp.zeros(())
   total = main + lam * cal
   return total, {"loss_main": main, "loss_cal": cal}

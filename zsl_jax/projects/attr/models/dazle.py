@@ -19,14 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from zsl_jax.errors import UserError
+from zsl_jax.projects.attr.models import attention
 
 W2V_DIM = 300
-
-
-def l2_normalize(x, axis=-1, eps=1e-12):
-  """torch.nn.functional.normalize: x / max(||x||, eps)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
 
 
 def margin_vector(is_unseen, bias=1.0):
@@ -49,19 +44,6 @@ class DAZLE(nn.Module):
   trainable_w2v: bool = True
   dtype: jnp.dtype = jnp.float32
 
-  def attribute_projections(self):
-    """(Vn [I, D], P1, P2, P3 [I, F]) — each V_n @ W_j computed once per call."""
-    V = self.param("V", nn.initializers.normal(1.0), (self.num_attributes, self.w2v_dim))
-    if not self.trainable_w2v:
-      V = jax.lax.stop_gradient(V)
-    # The official init: W_1 ~ N(0, 1) unscaled, W_2 = W_3 = 0 (uniform attention at step 0).
-    W1 = self.param("W_1", nn.initializers.normal(1.0), (self.w2v_dim, self.feature_dim))
-    W2 = self.param("W_2", nn.initializers.zeros, (self.w2v_dim, self.feature_dim))
-    W3 = self.param("W_3", nn.initializers.zeros, (self.w2v_dim, self.feature_dim))
-    Vn = l2_normalize(V) if self.normalize_V else V
-    hp = jax.lax.Precision.HIGHEST
-    return Vn, jnp.dot(Vn, W1, precision=hp), jnp.dot(Vn, W2, precision=hp), jnp.dot(Vn, W3, precision=hp)
-
   def class_inputs(self, att, margin):
     """Class attributes / margin from the call, else from the `constants` collection."""
     if self.is_initializing() and att is not None:
@@ -78,30 +60,30 @@ class DAZLE(nn.Module):
   def __call__(self, features, att=None, margin=None):
     """features [B, R, F]; att [K, I] (rows L2-normalised); margin [K] (+bias unseen, -bias seen)."""
     att, margin = self.class_inputs(att, margin)
-    Vn, P1, P2, P3 = self.attribute_projections()
-    hp = jax.lax.Precision.HIGHEST
-    x = features.astype(jnp.float32)
-    if self.normalize_F:
-      x = l2_normalize(x, axis=-1)  # each region over its F channels
-    B, R, _ = x.shape
-    logits = jnp.einsum("if,brf->bir", P2, x, precision=hp)  # [B, I, R]
-    attention = jax.nn.softmax(logits, axis=-1)
-    pool = jnp.full_like(attention, 1.0 / R) if self.uniform_att_1 else attention
-    h = jnp.einsum("bir,brf->bif", attention, x, precision=hp)  # [B, I, F] attribute features
+    # The official init: W_1 ~ N(0, 1) unscaled, W_2 = W_3 = 0 (uniform attention at step 0).
+    _, q = attention.attribute_queries(
+        self, (("W_1", nn.initializers.normal(1.0)), ("W_2", nn.initializers.zeros), ("W_3", nn.initializers.zeros)),
+        num_attributes=self.num_attributes, w2v_dim=self.w2v_dim, feature_dim=self.feature_dim,
+        normalize_V=self.normalize_V, trainable_w2v=self.trainable_w2v)
+    hp = attention.HIGHEST
+    x = attention.region_features(features, self.normalize_F)
+    R = x.shape[1]
+    alpha, h = attention.attend(q["W_2"], x)  # [B, I, R], [B, I, F]
+    pool = jnp.full_like(alpha, 1.0 / R) if self.uniform_att_1 else alpha
     if self.is_sigmoid:  # Non-linear per-region scores: pool the scores, not the features.
-      region_scores = jax.nn.sigmoid(jnp.einsum("if,brf->bir", P1, x, precision=hp))
+      region_scores = jax.nn.sigmoid(jnp.einsum("if,brf->bir", q["W_1"], x, precision=hp))
       e = jnp.einsum("bir,bir->bi", pool, region_scores, precision=hp)
     elif self.uniform_att_1:
-      e = jnp.einsum("if,bf->bi", P1, x.mean(1), precision=hp)
+      e = jnp.einsum("if,bf->bi", q["W_1"], x.mean(1), precision=hp)
     else:
-      e = jnp.einsum("if,bif->bi", P1, h, precision=hp)  # [B, I], linear: same as pooling region scores
+      e = jnp.einsum("if,bif->bi", q["W_1"], h, precision=hp)  # [B, I], linear: same as pooling region scores
     if self.non_linear_act:
       e = jax.nn.relu(e)
-    beta = jax.nn.sigmoid(jnp.einsum("if,bif->bi", P3, h, precision=hp))  # [B, I]
+    beta = attention.attribute_weights(q["W_3"], h)  # [B, I]
     weight = jnp.ones_like(beta) if self.uniform_att_2 else beta
     raw = jnp.einsum("ki,bi->bk", att, weight * e, precision=hp)  # [B, K]
     scores = raw + margin if self.is_bias else raw
-    return {"scores": scores, "scores_raw": raw, "attention": attention, "attribute_attention": beta,
+    return {"scores": scores, "scores_raw": raw, "attention": alpha, "attribute_attention": beta,
             "attribute_scores": e, "attribute_features": h}
 
 

@@ -14,9 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zsl_jax.projects.attr.models.dazle import l2_normalize
-
-ABSENT_LOGIT = -1000.0
+from zsl_jax.projects.attr.models import attention
 
 
 class MaskedAttention(nn.Module):
@@ -31,25 +29,16 @@ class MaskedAttention(nn.Module):
   @nn.compact
   def __call__(self, features, mask):
     # The reference initialises W_2, W_3 ~ N(0, 1) here (zeros would mask every attribute).
-    V = self.param("V", nn.initializers.normal(1.0), (self.num_attributes, self.w2v_dim))
-    if not self.trainable_w2v:
-      V = jax.lax.stop_gradient(V)
-    W2 = self.param("W_2", nn.initializers.normal(1.0), (self.w2v_dim, self.feature_dim))
-    W3 = self.param("W_3", nn.initializers.normal(1.0), (self.w2v_dim, self.feature_dim))
-    hp = jax.lax.Precision.HIGHEST
-    Vn = l2_normalize(V) if self.normalize_V else V
-    x = features.astype(jnp.float32)
-    if self.normalize_F:
-      x = l2_normalize(x, axis=-1)
+    _, q = attention.attribute_queries(
+        self, (("W_2", nn.initializers.normal(1.0)), ("W_3", nn.initializers.normal(1.0))),
+        num_attributes=self.num_attributes, w2v_dim=self.w2v_dim, feature_dim=self.feature_dim,
+        normalize_V=self.normalize_V, trainable_w2v=self.trainable_w2v)
+    x = attention.region_features(features, self.normalize_F)
     mask = mask.astype(bool)
-    logits = jnp.einsum("if,brf->bir", jnp.dot(Vn, W2, precision=hp), x, precision=hp)  # [B, I, R]
-    logits = jnp.where(mask[:, :, None], logits, ABSENT_LOGIT)
-    attention = jax.nn.softmax(logits, axis=-1) * mask[:, :, None]
-    h = jnp.einsum("bir,brf->bif", attention, x, precision=hp)  # [B, I, F], zero for absent attributes
-    w_logits = jnp.einsum("if,bif->bi", jnp.dot(Vn, W3, precision=hp), h, precision=hp)
-    weights = jax.nn.sigmoid(jnp.where(mask, w_logits, ABSENT_LOGIT))  # [B, I]
-    embedding = jnp.einsum("bi,bif->bf", weights, h, precision=hp)  # [B, F]
-    return {"embedding": embedding, "attention": attention, "attribute_attention": weights,
+    alpha, h = attention.attend(q["W_2"], x, mask)  # [B, I, R], [B, I, F] (zero for absent attributes)
+    weights = attention.attribute_weights(q["W_3"], h, mask)  # [B, I]
+    embedding = jnp.einsum("bi,bif->bf", weights, h, precision=attention.HIGHEST)  # [B, F]
+    return {"embedding": embedding, "attention": alpha, "attribute_attention": weights,
             "attribute_features": h}
 
 
@@ -60,6 +49,9 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     return nn.Dense(self.out, name="fc2")(nn.relu(nn.Dense(self.hidden, name="fc1")(x)))
+
+
+POOLS = ("mean", "max")  # model.classifier_pool: how the attribute classifier pools the regions
 
 
 class VSMR(nn.Module):

@@ -12,14 +12,13 @@ their 7x7 attention map (softmax over regions) upsampled onto the crop, titled w
 name, its attention weight β and its contribution β·e·z to the predicted class's score (the
 ranking used, `--rank beta` ranks by β). W is a training workdir: its config.json names the data.
 """
-import argparse
 import json
 import os
 import pathlib
-import sys
 
 import numpy as np
 
+from zsl_jax import cli
 from zsl_jax.errors import UserError
 
 
@@ -35,8 +34,7 @@ def load_run(run, step=-1):
     raise UserError(f"{run} trained {config.trainer!r}; attention maps exist for dazle and vsmr runs")
   config.mesh.data, config.mesh.fsdp = -1, 1
   eng = engine.Engine(config, run)
-  state = eng.build_state(with_optimizer=False)
-  state = eng._init_from(state, str(run), step)  # pylint: disable=protected-access
+  state, _ = eng.restore_for_eval(str(run), step)
   return eng.trainer, {"params": state["params"], **state["model_state"]}
 
 
@@ -109,8 +107,7 @@ def render(path, crop, attention, beta, ranking, names, top, title):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.attention_maps", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser("attention_maps", description=__doc__)
   p.add_argument("--run", required=True, help="training workdir of a dazle/vsmr run (config.json + checkpoints)")
   p.add_argument("--step", type=int, default=-1, help="checkpoint step to load (-1: latest)")
   p.add_argument("--images", nargs="+", required=True, help="image files to draw the maps on")
@@ -158,8 +155,8 @@ def main(argv=None):
              "\n".join(parts))
       print(out)
   except UserError as e:
-    print(f"attention_maps: error: {e}", file=sys.stderr)
-    return 2
+    cli.report("attention_maps", e)
+    return cli.EXIT_USER_ERROR
   return 0
 
 

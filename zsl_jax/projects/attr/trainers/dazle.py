@@ -6,77 +6,30 @@ universe is the set of classes a model scores: with `zsl.select_on='val'` traini
 `train` images, the validation classes act as unseen (margin +bias, self-calibration) and the
 test-unseen classes never appear; the test universe is all seen + unseen classes.
 
-A `progress` collection mirrors the step inside the model state, so evaluators (which only get
-params and model state) know which step they score, also after a resume or in `mode=eval`.
+`eval_offer()` hands the gzsl evaluator the universes and the method's scoring function; the
+evaluator gets the step it scores from the engine, so nothing about it lives in the model state.
 """
 import logging
-import os
-import pathlib
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zsl_jax.data import sampling
 from zsl_jax.projects.attr.data import samplers as zsl_batchers
-from zsl_jax.projects.attr.data import benchmarks as zsl_benchmarks
+from zsl_jax.projects.attr.data import loading
+from zsl_jax.projects.attr.data import xlsa17
 from zsl_jax.errors import UserError
 from zsl_jax.projects.attr import retrain
 from zsl_jax.projects.attr.losses import dazle as dazle_losses
 from zsl_jax.projects.attr.models import dazle as dazle_model
+from zsl_jax import config_lib
 from zsl_jax import trainer as base
 
 logger = logging.getLogger(__name__)
 
-
-def demo_files(data):
-  """Generates (once, atomically) and returns the demo benchmark's file paths."""
-  from zsl_jax.projects.attr.config import DEMO  # pylint: disable=import-outside-toplevel
-  from zsl_jax.projects.attr.data import demo as synthetic_zsl  # pylint: disable=import-outside-toplevel
-  name = zsl_benchmarks.check_dataset_name(data.dataset)
-  classes, unseen = data.get("demo_classes", DEMO["num_classes"]), data.get("demo_unseen", DEMO["num_unseen"])
-  val = data.get("demo_val_classes", DEMO["num_val_classes"])
-  attributes = data.get("demo_attributes", DEMO["num_attributes"])
-  noise = data.get("demo_noise", 0.1)
-  sizes = {**DEMO, "num_classes": classes, "num_unseen": unseen, "num_val_classes": val, "num_attributes": attributes}
-  folder = pathlib.Path(os.path.expanduser(data.demo_dir)) / (
-      f"{name}_c{classes}u{unseen}v{val}a{attributes}_seed{data.demo_seed}_noise{noise:g}_v1")
-  hdf5 = folder / f"feature_map_ResNet_101_{name}.hdf5"
-  if not hdf5.exists():
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.")
-    synthetic_zsl.make_demo(tmp, name, seed=data.demo_seed, noise=noise, **sizes)
-    try:
-      os.rename(tmp, folder)
-    except OSError:  # Another process finished first: use theirs.
-      shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("demo data written to %s", folder)
-  return {"hdf5": str(hdf5), "att_splits": str(folder / "att_splits.mat")}
-
-
-def load_dataset(config):
-  """ZSLDataset from config.data (demo, root folder or explicit files)."""
-  d = config.data
-  name = zsl_benchmarks.check_dataset_name(d.dataset)
-  files = {"hdf5": d.hdf5, "att_splits": d.att_splits, "res101": d.res101, "w2v": d.w2v}
-  if d.demo:
-    files.update(demo_files(d))
-  elif d.root:
-    root = pathlib.Path(os.path.expanduser(d.root))
-    if not files["hdf5"]:
-      files["hdf5"] = str(root / f"feature_map_ResNet_101_{name}.hdf5")
-    if not files["att_splits"] and (root / "att_splits.mat").exists():
-      files["att_splits"] = str(root / "att_splits.mat")
-  if not files["hdf5"]:
-    raise UserError(f"no region features for {name}: pass --config.data.root=<folder with feature_map_ResNet_101_"
-                    f"{name}.hdf5> or --config.data.hdf5=<file>, or use the :demo config")
-  ds = zsl_benchmarks.load_zsl_dataset(name, **{k: (v or None) for k, v in files.items()}, in_memory=d.in_memory,
-                                       val_seed=d.val_seed)
-  if ds.w2v is None:
-    raise UserError(f"{name}: no attribute word vectors; pass --config.data.w2v=<{name}_attribute.pkl>")
-  logger.info("%s", ds.summary())
-  return ds
+# zsl.select_on: the classes model selection scores (decides the training split and universes below)
+SELECT_ON = ("val", "test_reference", "final")
 
 
 class ZSLTrainerBase(base.Trainer):
@@ -84,6 +37,10 @@ class ZSLTrainerBase(base.Trainer):
 
   @classmethod
   def check_config(cls, config):
+    """The switches DAZLE and VSMR share (data, model selection, retraining) and the engine's."""
+    super().check_config(config)
+    config_lib.check_choices(config, {"data.sampler": zsl_batchers.KINDS, "zsl.select_on": SELECT_ON})
+    config_lib.check_choice(config, "data.dataset", xlsa17.DATASETS, normalize=str.upper)
     retrain.check(config)
 
   @classmethod
@@ -98,10 +55,8 @@ class ZSLTrainerBase(base.Trainer):
 
   def __init__(self, config, mesh):
     super().__init__(config, mesh)
-    self.dataset = load_dataset(config)
+    self.dataset = loading.load_dataset(config)
     self.select_on = config.zsl.select_on
-    if self.select_on not in ("val", "test_reference", "final"):
-      raise UserError(f"zsl.select_on={self.select_on!r}; use 'val', 'test_reference' or 'final'")
     att = np.asarray(self.dataset.att, np.float64)
     if config.data.clip_negative_att:
       att = np.maximum(att, 0.0)
@@ -139,17 +94,32 @@ class ZSLTrainerBase(base.Trainer):
 
   def train_iterator(self):
     rows = self.dataset.split(self.train_split)
-    return zsl_batchers.train_iterator(self.config.data.sampler, rows, self.dataset.labels[rows],
-                                       self.dataset.features, self.train_positions(), self.config.batch_size,
-                                       self.config.seed, num_devices=self.mesh.devices.size)
+    sampler = zsl_batchers.make_sampler(self.config.data.sampler, rows, self.dataset.labels[rows],
+                                        self.config.batch_size, self.config.seed, num_devices=self.mesh.devices.size)
+    return sampling.iterator(sampler, zsl_batchers.LoadFeatures(self.dataset.features, self.train_positions()))
 
-  @staticmethod
-  def progress(step):
-    return {"progress": {"step": jnp.asarray(step, jnp.int32)}}
+  def eval_offer(self):
+    """For the gzsl evaluator: class universes, the method's scoring and the selection protocol."""
+    return {"universe": self.universe, "scores": self.eval_scores, "num_classes": self.dataset.num_classes,
+            "select_on": self.select_on, "iterations_from": self.config.zsl.get("iterations_from", ""),
+            "title": f"{self.dataset.name} {self.config.trainer}"}
+
+  def eval_scores(self, variables, universe, map_batches):
+    """{"seen", "unseen": {"scores" [n, K_u], "label" [n]} or None, "info": {...}} of one universe.
+
+    `map_batches(source, fn)` is the evaluator's loop: jitted `fn(global batch) -> {name: [b, ...]}`
+    over a random-access source, back as host arrays of every example (with its `label`).
+    """
+    raise NotImplementedError
 
 
 class Trainer(ZSLTrainerBase):
   """DAZLE: CE (no margin) + λ·self-calibration on S_pp; scores with the ±bias margin."""
+
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
+    config_lib.check_choices(config, {"loss.type": dazle_losses.LOSS_TYPES, "loss.ce_over": dazle_losses.CE_OVER})
 
   def __init__(self, config, mesh):
     super().__init__(config, mesh)
@@ -171,7 +141,7 @@ class Trainer(ZSLTrainerBase):
     w2v = np.asarray(self.dataset.w2v, np.float64)
     v0 = w2v / np.maximum(np.linalg.norm(w2v, axis=1, keepdims=True), 1e-12)  # official init: normalised rows
     params = {**variables["params"], "V": jnp.asarray(v0, jnp.float32)}
-    return {"params": params, "constants": variables["constants"], **self.progress(0)}
+    return {"params": params, "constants": variables["constants"]}
 
   def loss(self, variables, batch, rng, step):
     del rng
@@ -180,13 +150,14 @@ class Trainer(ZSLTrainerBase):
     total, parts = dazle_losses.dazle_loss(out, batch["label"], self.train_universe["unseen"], lam=l.lam,
                                            loss_type=l.type, ce_over=l.ce_over)
     acc = jnp.mean(jnp.argmax(out["scores"], -1) == batch["label"])
-    return total, (self.progress(step + 1), {**parts, "train_acc": acc})
+    return total, ({}, {**parts, "train_acc": acc})
 
-  def eval_scores(self, evaluator, variables, universe):
+  def eval_scores(self, variables, universe, map_batches):
     att, margin = self.class_inputs(universe)
     fn = lambda g: {"scores": self._scores(variables, g["features"], att, margin)}
-    return {"seen": evaluator.map_split(universe["seen_split"], fn),
-            "unseen": evaluator.map_split(universe["unseen_split"], fn)}
+    source = self.dataset.source
+    return {"seen": map_batches(source(universe["seen_split"]), fn),
+            "unseen": map_batches(source(universe["unseen_split"]), fn)}
 
   def load_init(self, path, abstract_variables):
     """An official DAZLE torch checkpoint (.pt/.pth/.tar) or its import_dazle .npz, with this run's classes."""
@@ -205,5 +176,4 @@ class Trainer(ZSLTrainerBase):
     if not np.allclose(np.asarray(imported["constants"]["att"]), self.att, atol=1e-4):
       logger.warning("%s: the checkpoint's class attributes differ from this dataset's; using the dataset's", path)
     att, margin = self.class_inputs(self.train_universe)
-    return {"params": jax.device_get(imported["params"]), "constants": {"att": att, "margin": margin},
-            "progress": {"step": np.int32(0)}}
+    return {"params": jax.device_get(imported["params"]), "constants": {"att": att, "margin": margin}}

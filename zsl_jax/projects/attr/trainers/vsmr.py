@@ -20,6 +20,11 @@ import numpy as np
 from zsl_jax.projects.attr.losses import vsmr as vsmr_losses
 from zsl_jax.projects.attr.models import vsmr as vsmr_model
 from zsl_jax.projects.attr.trainers import dazle as dazle_trainer
+from zsl_jax import config_lib
+
+# vsmr.test_masks: attribute masks of test images from the attribute classifier (the method), or the
+# true classes' masks (a diagnostic upper bound)
+TEST_MASKS = ("predicted", "oracle")
 
 
 def _cosine_np(a, b):
@@ -39,6 +44,11 @@ def refine_prototypes(prototypes, queries, k):
 
 
 class Trainer(dazle_trainer.ZSLTrainerBase):
+
+  @classmethod
+  def check_config(cls, config):
+    super().check_config(config)
+    config_lib.check_choices(config, {"model.classifier_pool": vsmr_model.POOLS, "vsmr.test_masks": TEST_MASKS})
 
   def __init__(self, config, mesh):
     super().__init__(config, mesh)
@@ -70,7 +80,7 @@ class Trainer(dazle_trainer.ZSLTrainerBase):
     v0 = w2v / np.maximum(np.linalg.norm(w2v, axis=1, keepdims=True), 1e-12)
     params = dict(variables["params"])
     params["visual"] = {**params["visual"], "V": jnp.asarray(v0, jnp.float32)}
-    return {"params": params, **self.progress(0)}
+    return {"params": params}
 
   def loss(self, variables, batch, rng, step):
     del rng
@@ -84,20 +94,23 @@ class Trainer(dazle_trainer.ZSLTrainerBase):
     l_bce = vsmr_losses.attribute_bce(out["attribute_logits"], mask)
     total = w.ps * l_ps + w.pp * l_pp + w.ap * l_ap + w.ed * l_ed + w.bce * l_bce
     mask_acc = jnp.mean((out["attribute_logits"] > 0) == mask)
-    return total, (self.progress(step + 1), {"loss_ps": l_ps, "loss_pp": l_pp, "loss_ap": l_ap, "loss_ed": l_ed,
+    return total, ({}, {"loss_ps": l_ps, "loss_pp": l_pp, "loss_ap": l_ap, "loss_ed": l_ed,
                                              "loss_bce": l_bce, "train_mask_acc": mask_acc})
 
-  def eval_scores(self, evaluator, variables, universe):
+  def eval_scores(self, variables, universe, map_batches):
+    """Two passes through the evaluator's `map_batches`: class-mean prototypes, then cosine scores."""
     classes, unseen = universe["classes"], universe["unseen"]
     table = jnp.asarray(self.att_bin)
-    train = evaluator.map_split(universe["proto_split"],
-                                lambda g: {"f": self._embed_gt(variables, g["features"], g["label"], table)})
+    source = self.dataset.source
+    train = map_batches(source(universe["proto_split"]),
+                        lambda g: {"f": self._embed_gt(variables, g["features"], g["label"], table)})
     v = self.config.vsmr
     if v.test_masks == "oracle":  # Diagnostic upper bound: class attribute masks of the true labels.
       pred = lambda g: {"f": self._embed_gt(variables, g["features"], g["label"], table), "mask": table[g["label"]]}
     else:
       pred = lambda g: dict(zip(("f", "mask"), self._embed_pred(variables, g["features"])))
-    seen_q, unseen_q = evaluator.map_split(universe["seen_split"], pred), evaluator.map_split(universe["unseen_split"], pred)
+    seen_q = map_batches(source(universe["seen_split"]), pred)
+    unseen_q = map_batches(source(universe["unseen_split"]), pred)
     protos = np.zeros((len(classes), train["f"].shape[1]), np.float32)
     for j in np.flatnonzero(~unseen):
       rows = train["label"] == classes[j]

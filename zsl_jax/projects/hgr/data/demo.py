@@ -20,14 +20,24 @@ Layout written under `root` (the same layout real data uses; see `make_demo`):
   meta/structure_released.xml                  ImageNet's XML format, incl. a fa11misc/food subtree
   meta/universe.json                           classes + their non-class WordNet ancestors
 """
+import functools
 import json
+import os
 import pathlib
 import time
 import xml.etree.ElementTree as ET
 
 import numpy as np
 
+from zsl_jax.data import demo_cache
 from zsl_jax.data import images
+from zsl_jax.projects.hgr.tools import build_hierarchy
+from zsl_jax.projects.hgr.tools import make_splits
+
+# Bump when the demo (images, class lists, hierarchy or index) changes for the same arguments:
+# builds are cached by it, so every run then builds the new demo instead of reusing the old one.
+VERSION = 1
+_PREPARED = "prepared.json"  # The returned dict, its paths relative to the build folder.
 
 # (wnid, reference class name, parent wnid or None for a top class, seen in ILSVRC-1K)
 DEMO_TREE = (
@@ -181,7 +191,8 @@ def make_demo(root, *, image_size=64, train_per_class=24, val_per_class=6, image
   paths["winter21"].write_text("\n".join(classes) + "\n")
   paths["p_list"].write_text("\n".join(w for w in classes if classes[w][3] > 0) + "\n")
   _write_xml(paths["xml"], classes)
-  paths["universe"].write_text(json.dumps(sorted(list(classes) + [w for w, _, p in NON_CLASS if p or w != "n00015388"])))
+  universe = list(classes) + [w for w, _, p in NON_CLASS if p or w != "n00015388"]
+  paths["universe"].write_text(json.dumps(sorted(universe)))
   out = {k: str(v) for k, v in paths.items()}
   out.update(seen=seen, unseen=unseen, seconds=round(time.time() - t0, 2))
   return out
@@ -193,25 +204,38 @@ def demo_names():
 
 
 def prepare_demo(root, *, seed=0, source="imagenet_xml", **kwargs):
-  """make_demo + build_hierarchy + make_splits under `root`, WordNet-free with the XML source.
+  """make_demo + build_hierarchy + make_splits, built once into a keyed folder under `root`.
 
-  Returns the `make_demo` dict plus 'hierarchy_dir' (hierarchy.json, class_splits.json) and
-  'index' (image index directory). Reuses an existing complete build in `root`.
+  The folder's name carries a hash of the arguments (make_demo's defaults included) and VERSION,
+  so a changed generator builds anew; concurrent callers end with one complete copy (see
+  `zsl_jax.data.demo_cache`). `**kwargs` go to `make_demo`.
+
+  Returns:
+    the `make_demo` dict for the build folder plus 'hierarchy_dir' (hierarchy.json,
+    class_splits.json) and 'index' (image index directory).
   """
-  from zsl_jax.projects.hgr.tools import build_hierarchy  # pylint: disable=import-outside-toplevel
-  from zsl_jax.projects.hgr.tools import make_splits  # pylint: disable=import-outside-toplevel
-  root = pathlib.Path(root)
-  done = root / "prepared.json"
-  if done.is_file():
-    return json.loads(done.read_text())
-  paths = make_demo(root, seed=seed, **kwargs)
+  params = {**demo_cache.arguments(make_demo, seed=seed, **kwargs), "source": source}
+  build = functools.partial(_build, seed=seed, source=source, **kwargs)
+  built = demo_cache.build_once(root, "imagenet21k", params, build, version=VERSION)
+  info = json.loads((built / _PREPARED).read_text())
+  relative = info.pop("relative")
+  return {**info, **{k: str(built / rel) for k, rel in relative.items()}}
+
+
+def _build(work, final, *, seed, source, **kwargs):
+  """Writes the whole demo into `work`; the index names its image folders under `final`."""
+  paths = make_demo(work, seed=seed, **kwargs)
   h, cs, g = build_hierarchy.build(source, paths["testsets"], paths["winter21"], xml=paths["xml"],
                                    universe=paths["universe"], p_list=paths["p_list"],
                                    names="xml" if source == "imagenet_xml" else "wordnet")
-  hdir = root / "hierarchy"
+  hdir, index = work / "hierarchy", work / "index"
   build_hierarchy.write(hdir, h, cs, g)
   roots = {k: paths[k] for k in ("ilsvrc_train", "ilsvrc_val", "imagenet21k")}
-  make_splits.make(hdir, roots, root / "index", seed=seed, workers=8, overwrite=True)
-  paths.update(hierarchy_dir=str(hdir), index=str(root / "index"))
-  done.write_text(json.dumps(paths, indent=1))
-  return paths
+  make_splits.make(hdir, roots, index, seed=seed, workers=8, overwrite=True)
+  meta = json.loads((index / "meta.json").read_text())  # Image roots as they will be after the rename.
+  meta["roots"] = {k: str(pathlib.Path(final).resolve() / os.path.relpath(v, work)) for k, v in roots.items()}
+  (index / "meta.json").write_text(json.dumps(meta, indent=1))
+  paths.update(hierarchy_dir=str(hdir), index=str(index))
+  relative = {k: os.path.relpath(v, work) for k, v in paths.items() if isinstance(v, str)}
+  info = {k: v for k, v in paths.items() if k not in relative}
+  (work / _PREPARED).write_text(json.dumps({**info, "relative": relative}, indent=1))

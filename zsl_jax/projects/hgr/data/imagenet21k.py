@@ -33,7 +33,7 @@ def _log_once(key, msg, *args):
 class ImageIndex:
   """Read-only view of an index directory: row -> (path, label); split -> rows.
 
-  `array_record.RecordImages` offers the same rows/labels/read interface over packed records.
+  `array_record.PackedIndex` is this index with `read` serving the bytes from ArrayRecord packs.
   """
 
   def __init__(self, directory):
@@ -58,8 +58,9 @@ class ImageIndex:
   def cols(self):
     if self._cols is None:
       d = self.directory
+      empty = not (d / "names.bin").stat().st_size  # np.memmap cannot map an empty file.
       self._cols = {
-          "names": np.memmap(d / "names.bin", np.uint8, "r") if (d / "names.bin").stat().st_size else np.zeros(0, np.uint8),
+          "names": np.zeros(0, np.uint8) if empty else np.memmap(d / "names.bin", np.uint8, "r"),
           "offsets": np.load(d / "offsets.npy", mmap_mode="r"),
           "labels": np.load(d / "labels.npy", mmap_mode="r"),
           "roots": np.load(d / "roots.npy", mmap_mode="r"),
@@ -86,7 +87,7 @@ class ImageIndex:
     return int(self.cols["labels"][row])
 
   def read(self, row):
-    """(what `decode_rgb` opens, label, name for logs) of `row`; ArrayRecord readers return bytes."""
+    """(what `decode_rgb` opens: the path here, bytes in `PackedIndex`; label; name for logs) of `row`."""
     path = self.path(row)
     return path, self.label(row), path
 

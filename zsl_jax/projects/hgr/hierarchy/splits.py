@@ -70,7 +70,8 @@ def read_testsets(path):
 def timm_21kp_list():
   """Path of the ImageNet-21K-P winter-2021 WNID list inside the timm wheel (timm not imported)."""
   spec = importlib.util.find_spec("timm")
-  path = spec and pathlib.Path(spec.submodule_search_locations[0]) / "data" / "_info" / "imagenet21k_miil_w21_synsets.txt"
+  path = spec and (pathlib.Path(spec.submodule_search_locations[0]) / "data" / "_info"
+                   / "imagenet21k_miil_w21_synsets.txt")
   if not path or not path.is_file():
     raise UserError("the ImageNet-21K-P list was not found; `pip install --no-deps timm` (it ships "
                     "timm/data/_info/imagenet21k_miil_w21_synsets.txt) or pass --p_list")
@@ -166,6 +167,23 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
     raise UserError(f"image roots {missing_roots} not given; pass --ilsvrc_train, --ilsvrc_val and --imagenet21k")
   seen, unseen = list(splits["train"]), list(splits["rest"])
   labels_of = {w: int(i) for w, i in zip(seen + unseen, hierarchy.indices(seen + unseen))}
+  tr, va, un, missing = _scan_roots(roots, seen, unseen, workers)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  labels, masks = _write_columns(out_dir, _class_rows(seen, unseen, tr, va, un, seed), labels_of)
+  counts = _count_splits(labels, masks, sorted(set(labels_of[w] for w in seen)), splits, hierarchy)
+  meta = {
+      "format": INDEX_FORMAT, "seed": int(seed), "roots": {k: str(pathlib.Path(roots[k]).resolve()) for k in ROOTS},
+      "root_names": list(ROOTS), "split_bits": list(SPLIT_BITS), "n_val": N_VAL, "n_reserved": N_RESERVED,
+      "hierarchy_wnids": list(hierarchy.wnids), "class_splits": splits, "num_images": int(len(labels)),
+      "missing_class_dirs": missing, "hierarchy_stats": hierarchy.stats(),
+      "counts": counts,
+  }
+  (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+  return meta
+
+
+def _scan_roots(roots, seen, unseen, workers):
+  """Lists the class folders: (ILSVRC train, ILSVRC val, ImageNet-21K scans, missing class dirs per root)."""
   tr = scan_class_dirs(roots["ilsvrc_train"], seen, workers, "scan ILSVRC train")
   va = scan_class_dirs(roots["ilsvrc_val"], seen, workers, "scan ILSVRC val")
   un = scan_class_dirs(roots["imagenet21k"], unseen, workers, "scan ImageNet-21K")
@@ -175,41 +193,52 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
   if seen and len(empty_val) == len(seen):
     raise UserError(f"no ILSVRC val class folders under {roots['ilsvrc_val']}; the val images must sit in "
                     "<wnid>/ folders (move them with the devkit's ground truth, e.g. valprep.sh)")
+  return tr, va, un, missing
 
-  out_dir.mkdir(parents=True, exist_ok=True)
-  lengths, lab, root_id, bits = [], [], [], []
-  names_file = open(out_dir / "names.bin", "wb")  # Streamed: 13M names never sit in memory as str.
 
-  def add(files, wnid, root_key, masks):
-    encoded = [f.encode("utf-8") for f in files]
-    names_file.write(b"".join(encoded))
-    lengths.append(np.fromiter((len(e) for e in encoded), np.int64, len(encoded)))
-    lab.append(np.full(len(files), labels_of[wnid], np.int32))
-    root_id.append(np.full(len(files), ROOTS.index(root_key), np.uint8))
-    bits.append(masks)
+def _unseen_bits(n, seed, wnid):
+  """Split bits [n] of an unseen class's sorted images: ZSL train/val/test and the nested low-shot splits."""
+  m = np.full(n, _bit("test"), np.uint16)
+  zsl_val = _rng(seed, 0, wnid).permutation(n)[:N_VAL]  # All images when n <= N_VAL, as the reference.
+  m[zsl_val] |= _bit("val")
+  m[np.setdiff1d(np.arange(n), zsl_val)] |= _bit("train")
+  order = _rng(seed, 1, wnid).permutation(n)
+  reserved, remainder = order[:N_RESERVED], order[N_RESERVED:]
+  for k in LOW_SHOTS:
+    m[reserved[:k]] |= _bit(f"ls{k}_train")
+  m[remainder] |= _bit("ls_test")
+  m[remainder[:N_VAL]] |= _bit("ls_val")
+  return m
 
+
+def _class_rows(seen, unseen, tr, va, un, seed):
+  """Yields (files, wnid, root key, split bits [n]) per class folder in index order.
+
+  Pops each folder listing from the scans as it goes, so a listing is freed once its rows are written.
+  """
   seen_train_bits = _bit("train") | np.uint16(sum(int(_bit(f"ls{k}_train")) for k in LOW_SHOTS))
   seen_val_bits = _bit("val") | _bit("test") | _bit("ls_val") | _bit("ls_test")
-  with names_file:
-    for w in seen:
-      files = tr.pop(w) or []
-      add(files, w, "ilsvrc_train", np.full(len(files), seen_train_bits, np.uint16))
-      files = va.pop(w) or []
-      add(files, w, "ilsvrc_val", np.full(len(files), seen_val_bits, np.uint16))
-    for w in unseen:
-      files = un.pop(w) or []
-      n = len(files)
-      m = np.full(n, _bit("test"), np.uint16)
-      zsl_val = _rng(seed, 0, w).permutation(n)[:N_VAL]  # All images when n <= N_VAL, as the reference.
-      m[zsl_val] |= _bit("val")
-      m[np.setdiff1d(np.arange(n), zsl_val)] |= _bit("train")
-      order = _rng(seed, 1, w).permutation(n)
-      reserved, remainder = order[:N_RESERVED], order[N_RESERVED:]
-      for k in LOW_SHOTS:
-        m[reserved[:k]] |= _bit(f"ls{k}_train")
-      m[remainder] |= _bit("ls_test")
-      m[remainder[:N_VAL]] |= _bit("ls_val")
-      add(files, w, "imagenet21k", m)
+  for w in seen:
+    files = tr.pop(w) or []
+    yield files, w, "ilsvrc_train", np.full(len(files), seen_train_bits, np.uint16)
+    files = va.pop(w) or []
+    yield files, w, "ilsvrc_val", np.full(len(files), seen_val_bits, np.uint16)
+  for w in unseen:
+    files = un.pop(w) or []
+    yield files, w, "imagenet21k", _unseen_bits(len(files), seed, w)
+
+
+def _write_columns(out_dir, rows, labels_of):
+  """Streams names.bin from `rows` and saves offsets/labels/roots/splits.npy; returns (labels [M], masks [M])."""
+  lengths, lab, root_id, bits = [], [], [], []
+  with open(out_dir / "names.bin", "wb") as names_file:  # Streamed: 13M names never sit in memory as str.
+    for files, wnid, root_key, masks in rows:
+      encoded = [f.encode("utf-8") for f in files]
+      names_file.write(b"".join(encoded))
+      lengths.append(np.fromiter((len(e) for e in encoded), np.int64, len(encoded)))
+      lab.append(np.full(len(files), labels_of[wnid], np.int32))
+      root_id.append(np.full(len(files), ROOTS.index(root_key), np.uint8))
+      bits.append(masks)
 
   cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)
   lengths = cat(lengths, np.int64)
@@ -221,10 +250,13 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
   np.save(out_dir / "roots.npy", cat(root_id, np.uint8))
   masks = cat(bits, np.uint16)
   np.save(out_dir / "splits.npy", masks)
+  return labels, masks
 
-  seen_idx = set(labels_of[w] for w in seen)
-  counts = {}  # Per instance split: images and classes, seen and unseen.
-  is_seen = np.isin(labels, sorted(seen_idx))
+
+def _count_splits(labels, masks, seen_labels, splits, hierarchy):
+  """Per instance split: seen/unseen images and classes, plus images of the class-restricted benchmarks."""
+  counts = {}
+  is_seen = np.isin(labels, seen_labels)
   for name in SPLIT_BITS:
     sel = (masks & _bit(name)) != 0
     counts[name] = {"seen_images": int((sel & is_seen).sum()), "unseen_images": int((sel & ~is_seen).sum()),
@@ -234,13 +266,6 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
   for cname in ("p_train", "p_rest", "hop2", "hop3", "hop3_pure"):
     if cname in splits:
       keep = np.isin(labels, hierarchy.indices([w for w in splits[cname] if w in hierarchy.index]))
-      counts[f"{cname}_images"] = {name: int((((masks & _bit(name)) != 0) & keep).sum()) for name in ("train", "val", "test")}
-  meta = {
-      "format": INDEX_FORMAT, "seed": int(seed), "roots": {k: str(pathlib.Path(roots[k]).resolve()) for k in ROOTS},
-      "root_names": list(ROOTS), "split_bits": list(SPLIT_BITS), "n_val": N_VAL, "n_reserved": N_RESERVED,
-      "hierarchy_wnids": list(hierarchy.wnids), "class_splits": splits, "num_images": int(len(labels)),
-      "missing_class_dirs": missing, "hierarchy_stats": hierarchy.stats(),
-      "counts": counts,
-  }
-  (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
-  return meta
+      counts[f"{cname}_images"] = {name: int((((masks & _bit(name)) != 0) & keep).sum())
+                                   for name in ("train", "val", "test")}
+  return counts

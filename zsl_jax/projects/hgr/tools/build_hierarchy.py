@@ -9,11 +9,11 @@ Writes OUT/hierarchy.json (class order, names, parents, ancestor paths; `Hierarc
 OUT/class_splits.json (WNID lists and counts), OUT/graph_edges.json (the graph before non-class
 removal) and OUT/shared_names.json (class names used by several classes), and prints the counts.
 """
-import argparse
 import json
 import pathlib
 import sys
 
+from zsl_jax import cli
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr.hierarchy import graph as graph_lib
 from zsl_jax.projects.hgr.hierarchy import splits as splits_lib
@@ -93,8 +93,17 @@ def report(h, cs):
   return "\n".join(lines)
 
 
+def _run(args):
+  h, cs, g = build(args.source, args.testsets, args.winter21, xml=args.xml, universe=args.universe,
+                   p_list=None if args.p_list == "none" else args.p_list, names=args.names,
+                   wordnet_path=args.wordnet)
+  write(args.out, h, cs, g)
+  print(report(h, cs))
+  print(f"wrote {args.out}/hierarchy.json, class_splits.json, graph_edges.json, shared_names.json")
+
+
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = cli.ArgumentParser("build_hierarchy", description=__doc__)
   ap.add_argument("--source", choices=("imagenet_xml", "wordnet"), default="imagenet_xml",
                   help="hierarchy source: ImageNet's fall-2011 structure XML (reference) or WordNet 3.0 hypernyms")
   ap.add_argument("--xml", help="structure_released.xml (ImageNet fall 2011), for --source imagenet_xml")
@@ -108,18 +117,7 @@ def main(argv=None):
                   help="class names: WordNet synset name (reference rule) or the XML 'words' attribute")
   ap.add_argument("--wordnet", help="WordNet 3.0 directory (default: $ZSL_JAX_WORDNET, nltk data, /usr/share/wordnet)")
   ap.add_argument("--out", required=True, help="output directory for hierarchy.json and class_splits.json")
-  args = ap.parse_args(argv)
-  try:
-    h, cs, g = build(args.source, args.testsets, args.winter21, xml=args.xml, universe=args.universe,
-                     p_list=None if args.p_list == "none" else args.p_list, names=args.names,
-                     wordnet_path=args.wordnet)
-    write(args.out, h, cs, g)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(report(h, cs))
-  print(f"wrote {args.out}/hierarchy.json, class_splits.json, graph_edges.json, shared_names.json")
-  return 0
+  return cli.run_command("build_hierarchy", _run, ap.parse_args(argv))
 
 
 if __name__ == "__main__":

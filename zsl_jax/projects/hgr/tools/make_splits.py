@@ -9,11 +9,11 @@ classes (`rest`) from ImageNet-21K. Splits (bits of one index; see zsl_jax.proje
 train, val, test (zero-shot), ls{1,2,3,5,10}_train, ls_val, ls_test (low-shot); 21K-P, 2-hop and
 3-hop are the same images restricted to the class splits p_rest, hop2, hop3 at load time.
 """
-import argparse
 import json
 import pathlib
 import sys
 
+from zsl_jax import cli
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr.hierarchy import graph as graph_lib
 from zsl_jax.projects.hgr.hierarchy import splits as splits_lib
@@ -48,8 +48,15 @@ def report(meta):
   return "\n".join(lines)
 
 
+def _run(args):
+  roots = {"ilsvrc_train": args.ilsvrc_train, "ilsvrc_val": args.ilsvrc_val, "imagenet21k": args.imagenet21k}
+  meta = make(args.hierarchy, roots, args.out, args.seed, args.workers, args.overwrite)
+  print(report(meta))
+  print(f"wrote {args.out}")
+
+
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap = cli.ArgumentParser("make_splits", description=__doc__)
   ap.add_argument("--hierarchy", required=True, help="build_hierarchy output dir (hierarchy.json, class_splits.json)")
   ap.add_argument("--ilsvrc_train", required=True, help="ILSVRC-2012 train folder with <wnid>/ subfolders")
   ap.add_argument("--ilsvrc_val", required=True, help="ILSVRC-2012 val folder with <wnid>/ subfolders")
@@ -58,16 +65,7 @@ def main(argv=None):
   ap.add_argument("--seed", type=int, default=0, help="seed of every random choice (val images, low-shot images)")
   ap.add_argument("--workers", type=int, default=32, help="parallel directory listings (raise on network filesystems)")
   ap.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")
-  args = ap.parse_args(argv)
-  roots = {"ilsvrc_train": args.ilsvrc_train, "ilsvrc_val": args.ilsvrc_val, "imagenet21k": args.imagenet21k}
-  try:
-    meta = make(args.hierarchy, roots, args.out, args.seed, args.workers, args.overwrite)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(report(meta))
-  print(f"wrote {args.out}")
-  return 0
+  return cli.run_command("make_splits", _run, ap.parse_args(argv))
 
 
 if __name__ == "__main__":
