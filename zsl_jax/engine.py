@@ -2,22 +2,18 @@
 
 Phases (big_vision style): mesh -> trainer -> optimizer -> state shapes and shardings -> state
 created already sharded -> resume (workdir checkpoint, else `config.init.checkpoint`, else
-scratch) -> jitted, donated train step -> loop with metrics, checkpoints, evaluators, NaN guard
-and preemption handling.
+scratch) -> jitted, donated train step -> `train_loop.TrainLoop` (metrics, checkpoints,
+evaluators, NaN guard, preemption).
 """
 import dataclasses
 import importlib
 import inspect
-import json
 import logging
 import math
 import pathlib
-import signal
-import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from zsl_jax import checkpoint as ckpt_lib
@@ -26,17 +22,10 @@ from zsl_jax import metrics as metrics_lib
 from zsl_jax import optim
 from zsl_jax import projects
 from zsl_jax import sharding
+from zsl_jax import train_loop
 from zsl_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-  """The loss became NaN/Inf; the message names the step and the last good checkpoint."""
-
-
-class Preempted(SystemExit):
-  """SIGTERM/SIGINT arrived; a checkpoint was saved and the process exits with 128 + signal."""
 
 
 def import_by_convention(name, package):
@@ -83,11 +72,6 @@ def build_evaluators(config, offer, mesh, workdir):
   return evaluators
 
 
-def _due(evaluators, step):
-  """Names of the evaluators whose `every_steps` divides `step`."""
-  return {name for name, e in evaluators.items() if e.every_steps and step % e.every_steps == 0}
-
-
 def total_steps(config, trainer):
   if config.total_steps > 0:
     return int(config.total_steps)
@@ -100,40 +84,6 @@ def _split_variables(variables):
   variables = dict(variables)
   params = variables.pop("params")
   return params, variables
-
-
-class _StopSignal:
-  """Remembers SIGTERM/SIGINT so the loop can checkpoint at a step boundary, then exit."""
-
-  def __init__(self):
-    self.signum = None
-    self._previous = {}
-
-  def __enter__(self):
-    for s in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[s] = signal.signal(s, self._handle)
-      except ValueError:  # Not the main thread (e.g. called from a test thread): no handler.
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signum is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # A second Ctrl-C aborts without waiting for the checkpoint.
-    self.signum = signum
-
-  def __exit__(self, *exc):
-    for s, h in self._previous.items():
-      signal.signal(s, h)
-
-  def any_process(self):
-    """True if any host was signalled (all hosts must agree to save at the same step)."""
-    flag = self.signum is not None
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-      flag = bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
-    return flag
 
 
 def trainer_class(config):
@@ -241,26 +191,6 @@ class Engine:
   def build_evaluators(self):
     return build_evaluators(self.config, self.trainer.eval_offer(), self.mesh, self.workdir)
 
-  @staticmethod
-  def _run_evaluators(evaluators, state, step, writer, names=None):
-    variables = {"params": state["params"], "model_state": state["model_state"]}
-    for name, scheduled in evaluators.items():
-      if names is None or name in names:
-        writer.write(step, name, scheduled.evaluator.run(variables, int(step)))
-
-  def _missing_final_evals(self, evaluators, step):
-    """Evaluators without a record at `step` (decided on process 0, which alone writes metrics.jsonl)."""
-    if not evaluators:
-      return set()
-
-    def missing():
-      done = set()
-      if (self.workdir / "metrics.jsonl").exists():
-        done = {r["split"] for r in metrics_lib.read_metrics(self.workdir) if r["step"] == step}
-      return sorted(set(evaluators) - done)
-
-    return set(metrics_lib.decided_on_main(missing))
-
   def evaluate(self):
     """Restores `config.init.checkpoint` (or this workdir's latest) and runs every evaluator once."""
     state, step = self.restore_for_eval(step=self.config.init.step)
@@ -269,13 +199,14 @@ class Engine:
       raise UserError("config.evals is empty: nothing to evaluate; the method's config declares its evaluators")
     writer = metrics_lib.MetricWriter(self.workdir, tensorboard=self.config.log.tensorboard)
     try:
-      self._run_evaluators(evaluators, state, step, writer)
+      train_loop.run_evaluators(evaluators, state, step, writer)
     finally:
       writer.close()
     return state
 
   # ---------------------------------------------------------------- the loop
   def train(self):
+    """Trains to `total_steps`, resuming from this workdir's latest checkpoint when there is one."""
     config = self.config
     state = self.build_state(with_optimizer=True)
     data_iter = self.trainer.train_iterator()
@@ -286,91 +217,14 @@ class Engine:
     saveable_iter = data_iter if hasattr(data_iter, "get_state") else None
     if saveable_iter is None:
       logger.warning("the train iterator has no get_state(): a resumed run restarts the data stream")
-    config_json = json.loads(config.to_json_best_effort())
-
     latest = checkpointer.latest_step()
     if latest is not None:
       state, _ = checkpointer.restore(self.abstract_state, saveable_iter, latest)
       logger.info("resumed from %s at step %d", checkpointer.directory, latest)
     elif config.init.checkpoint:
       state = self._init_from(state, config.init.checkpoint, config.init.step)
-    start = int(jax.device_get(state["step"]))
-
-    evaluators = self.build_evaluators()
-    writer = metrics_lib.MetricWriter(self.workdir, tensorboard=config.log.tensorboard)
-    train_step = self.make_train_step()
-    last_saved = latest
-    replicated_keys = tuple(getattr(self.trainer, "replicated_batch_keys", ()))
-    log_every = max(int(config.log.every_steps), 1)
-
-    progress = None
-    if self.is_main and config.log.progress:
-      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-      progress = tqdm(total=self.total_steps, initial=start, unit="step", dynamic_ncols=True,
-                      file=sys.stderr, mininterval=1.0)
-
-    def check_finite(step, measured):
-      loss = float(measured["loss"])
-      if not math.isfinite(loss):
-        where = (f"step {last_saved} in {checkpointer.directory}" if last_saved is not None
-                 else "none (no checkpoint was saved yet)")
-        raise TrainingDiverged(f"loss became {loss} at step {step}; last good checkpoint: {where}. "
-                               f"Lower the learning rate or check the input data, then re-run.")
-
-    def save(step, st):
-      checkpointer.save(step, st, saveable_iter, config_json)
-      return step
-
-    if start == 0:  # The untrained (or freshly initialised) model, as a baseline row.
-      self._run_evaluators(evaluators, state, 0, writer, names={n for n, e in evaluators.items() if e.at_start})
-
-    pending = None  # (step, device metrics): read one step late so the host never stalls the device.
-    try:
-      with _StopSignal() as stop:
-        step = start
-        while step < self.total_steps:
-          batch = sharding.global_batch(next(data_iter), self.mesh, replicated_keys)
-          state, measured = train_step(state, batch)
-          step += 1
-          if pending is not None:
-            host = jax.device_get(pending[1])
-            check_finite(pending[0], host)
-            if pending[0] % log_every == 0:
-              writer.write(pending[0], "train", host)
-          pending = (step, measured)
-          if progress is not None:
-            progress.update(1)
-          stop_now = stop.any_process()
-          if checkpointer.due(step) or stop_now or step == self.total_steps:
-            host = jax.device_get(measured)
-            check_finite(step, host)
-            if step % log_every == 0 or step == self.total_steps:
-              writer.write(step, "train", host)
-            pending = None
-            last_saved = save(step, state)
-          if stop_now:
-            checkpointer.close()
-            logger.warning("signal %s: saved checkpoint at step %d in %s; re-run the same command "
-                            "to resume", stop.signum, step, checkpointer.directory)
-            raise Preempted(128 + (stop.signum or signal.SIGTERM))
-          if step != self.total_steps:
-            self._run_evaluators(evaluators, state, step, writer, names=_due(evaluators, step))
-        if pending is not None:
-          host = jax.device_get(pending[1])
-          check_finite(pending[0], host)
-          writer.write(pending[0], "train", host)
-        if last_saved != step:
-          last_saved = save(step, state)
-        checkpointer.wait()
-        missing = self._missing_final_evals(evaluators, step)
-        if missing:
-          self._run_evaluators(evaluators, state, step, writer, names=missing)
-    finally:
-      if progress is not None:
-        progress.close()
-      writer.close()
-      checkpointer.close()
-    return state
+    loop = train_loop.TrainLoop(self, checkpointer, saveable_iter, last_saved=latest)
+    return loop.run(state, data_iter)
 
 
 def run(config, workdir):

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from zsl_jax import cli
 from zsl_jax import projects
+from zsl_jax.errors import TrainingDiverged
 from zsl_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def main(argv):
       run = trainer_cls.next_run(config, workdir)
   except UserError as e:
     _fail(str(e))
-  except engine.TrainingDiverged as e:
+  except TrainingDiverged as e:
     _fail(str(e), code=3)
   except KeyboardInterrupt:
     _fail("interrupted; re-run the same command to go on (a run resumes from its last checkpoint)",

@@ -1,0 +1,173 @@
+"""The training loop's bookkeeping, apart from the engine that builds the state and the step.
+
+Per step: feed the jitted step one global batch, read its metrics one step late (so the host never
+stalls the device), log, checkpoint when due, run due evaluators, and stop cleanly on SIGTERM or
+SIGINT with a checkpoint. A NaN/Inf loss ends the run naming the last good checkpoint. After the
+last step, evaluators without a record at that step run once (a resumed, finished run does not
+repeat them).
+"""
+import json
+import logging
+import math
+import signal
+import sys
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from zsl_jax import metrics as metrics_lib
+from zsl_jax import sharding
+from zsl_jax.errors import Preempted
+from zsl_jax.errors import TrainingDiverged
+
+logger = logging.getLogger(__name__)
+
+
+def run_evaluators(evaluators, state, step, writer, names=None):
+  """Runs the named (default: all) scheduled evaluators and writes their records at `step`."""
+  variables = {"params": state["params"], "model_state": state["model_state"]}
+  for name, scheduled in evaluators.items():
+    if names is None or name in names:
+      writer.write(step, name, scheduled.evaluator.run(variables, int(step)))
+
+
+def due(evaluators, step):
+  """Names of the evaluators whose `every_steps` divides `step`."""
+  return {name for name, e in evaluators.items() if e.every_steps and step % e.every_steps == 0}
+
+
+def missing_final_evals(evaluators, workdir, step):
+  """Evaluators without a record at `step` (decided on process 0, which alone writes metrics.jsonl)."""
+  if not evaluators:
+    return set()
+
+  def missing():
+    done = set()
+    if (workdir / "metrics.jsonl").exists():
+      done = {r["split"] for r in metrics_lib.read_metrics(workdir) if r["step"] == step}
+    return sorted(set(evaluators) - done)
+
+  return set(metrics_lib.decided_on_main(missing))
+
+
+class StopSignal:
+  """Remembers SIGTERM/SIGINT so the loop can checkpoint at a step boundary, then exit."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    for s in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[s] = signal.signal(s, self._handle)
+      except ValueError:  # Not the main thread (e.g. called from a test thread): no handler.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # A second Ctrl-C aborts without waiting for the checkpoint.
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+
+  def any_process(self):
+    """True if any host was signalled (all hosts must agree to save at the same step)."""
+    flag = self.signum is not None
+    if jax.process_count() > 1:
+      flag = bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+    return flag
+
+
+class TrainLoop:
+  """One training run's writer, checkpointer, progress bar and evaluators, around the engine's step."""
+
+  def __init__(self, engine, checkpointer, saveable_iter, last_saved):
+    self.engine, self.config = engine, engine.config
+    self.checkpointer, self.saveable_iter, self.last_saved = checkpointer, saveable_iter, last_saved
+    self.total_steps = engine.total_steps
+    self.log_every = max(int(self.config.log.every_steps), 1)
+    self.config_json = json.loads(self.config.to_json_best_effort())
+    self.replicated_keys = tuple(getattr(engine.trainer, "replicated_batch_keys", ()))
+    self.evaluators = engine.build_evaluators()
+    self.writer = None
+    self.progress = None
+
+  def check_finite(self, step, measured):
+    loss = float(measured["loss"])
+    if not math.isfinite(loss):
+      where = (f"step {self.last_saved} in {self.checkpointer.directory}" if self.last_saved is not None
+               else "none (no checkpoint was saved yet)")
+      raise TrainingDiverged(f"loss became {loss} at step {step}; last good checkpoint: {where}. "
+                             f"Lower the learning rate or check the input data, then re-run.")
+
+  def record(self, step, measured, force=False):
+    """Reads a step's metrics to the host, checks them, and writes them on log steps."""
+    host = jax.device_get(measured)
+    self.check_finite(step, host)
+    if force or step % self.log_every == 0:
+      self.writer.write(step, "train", host)
+
+  def save(self, step, state):
+    self.checkpointer.save(step, state, self.saveable_iter, self.config_json)
+    self.last_saved = step
+
+  def run(self, state, data_iter):
+    start = int(jax.device_get(state["step"]))
+    self.writer = metrics_lib.MetricWriter(self.engine.workdir, tensorboard=self.config.log.tensorboard)
+    if self.engine.is_main and self.config.log.progress:
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      self.progress = tqdm(total=self.total_steps, initial=start, unit="step", dynamic_ncols=True,
+                           file=sys.stderr, mininterval=1.0)
+    try:
+      if start == 0:  # The untrained (or freshly initialised) model, as a baseline row.
+        run_evaluators(self.evaluators, state, 0, self.writer,
+                       names={n for n, e in self.evaluators.items() if e.at_start})
+      with StopSignal() as stop:
+        state, step = self._steps(state, data_iter, start, stop)
+      if self.last_saved != step:
+        self.save(step, state)
+      self.checkpointer.wait()
+      missing = missing_final_evals(self.evaluators, self.engine.workdir, step)
+      if missing:
+        run_evaluators(self.evaluators, state, step, self.writer, names=missing)
+    finally:
+      if self.progress is not None:
+        self.progress.close()
+      self.writer.close()
+      self.checkpointer.close()
+    return state
+
+  def _steps(self, state, data_iter, step, stop):
+    """The step loop proper: returns (state, last step) or raises Preempted / TrainingDiverged."""
+    train_step = self.engine.make_train_step()
+    pending = None  # (step, device metrics): read one step late so the host never stalls the device.
+    while step < self.total_steps:
+      batch = sharding.global_batch(next(data_iter), self.engine.mesh, self.replicated_keys)
+      state, measured = train_step(state, batch)
+      step += 1
+      if pending is not None:
+        self.record(*pending)
+      pending = (step, measured)
+      if self.progress is not None:
+        self.progress.update(1)
+      stop_now = stop.any_process()
+      if self.checkpointer.due(step) or stop_now or step == self.total_steps:
+        self.record(step, measured, force=step == self.total_steps)
+        pending = None
+        self.save(step, state)
+      if stop_now:
+        self.checkpointer.close()
+        logger.warning("signal %s: saved checkpoint at step %d in %s; re-run the same command to resume",
+                       stop.signum, step, self.checkpointer.directory)
+        raise Preempted(128 + (stop.signum or signal.SIGTERM))
+      if step != self.total_steps:
+        run_evaluators(self.evaluators, state, step, self.writer, names=due(self.evaluators, step))
+    if pending is not None:
+      self.record(*pending, force=True)
+    return state, step
