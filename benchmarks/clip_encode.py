@@ -20,8 +20,9 @@ import jax.numpy as jnp  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from zsl_jax.models import clip as clip_lib  # pylint: disable=wrong-import-position
-from zsl_jax.text import templates, tokenize  # pylint: disable=wrong-import-position
 from zsl_jax.models.torch_io import import_open_clip  # pylint: disable=wrong-import-position
+from zsl_jax.text import templates  # pylint: disable=wrong-import-position
+from zsl_jax.text import tokenize  # pylint: disable=wrong-import-position
 
 CLASSES = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead shark", "electric ray",
            "stingray", "rooster", "hen", "ostrich", "brambling", "goldfinch", "house finch", "junco",

@@ -36,6 +36,7 @@ def jax_setup():
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
+
   from zsl_jax import optim  # pylint: disable=import-outside-toplevel
   from zsl_jax.projects.attr import config as configs_zsl  # pylint: disable=import-outside-toplevel
   from zsl_jax.projects.attr.losses import dazle as losses  # pylint: disable=import-outside-toplevel

@@ -67,10 +67,12 @@ def main(argv=None):
   import jax
   import jax.numpy as jnp
   import optax
+
+  from zsl_jax.models import clip as clip_lib
   from zsl_jax.projects.hgr import loss as hgr
   from zsl_jax.projects.hgr import negatives as hgr_negatives
-  from zsl_jax.models import clip as clip_lib
-  from zsl_jax.text import tokenize, truncate_tokens
+  from zsl_jax.text import tokenize
+  from zsl_jax.text import truncate_tokens
 
   paths, depth, children, roots = synthetic_hierarchy()
   names = [f"synthetic class number {i} of the benchmark" for i in range(len(depth))]
@@ -146,6 +148,7 @@ def main(argv=None):
   torch_step = float("nan")
   if not args.skip_torch:
     import torch  # pylint: disable=import-outside-toplevel
+
     from zsl_jax.models.torch_io import import_open_clip  # pylint: disable=import-outside-toplevel
     ref = import_open_clip().create_model("RN50-quickgelu", force_image_size=args.resolution).eval()
     theta = torch.tensor(np.asarray(hgr.init_theta(counts)), requires_grad=True)

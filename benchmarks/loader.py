@@ -22,9 +22,9 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from zsl_jax.data import images  # pylint: disable=wrong-import-position
-from zsl_jax.projects.hgr.data import imagenet21k  # pylint: disable=wrong-import-position
-from zsl_jax.projects.hgr.data import demo as synthetic_imagenet  # pylint: disable=wrong-import-position
 from zsl_jax.data import transforms  # pylint: disable=wrong-import-position
+from zsl_jax.projects.hgr.data import demo as synthetic_imagenet  # pylint: disable=wrong-import-position
+from zsl_jax.projects.hgr.data import imagenet21k  # pylint: disable=wrong-import-position
 
 
 class PathList:

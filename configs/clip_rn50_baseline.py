@@ -10,8 +10,8 @@ Zero-shot row (unmodified OpenAI RN50 converted with zsl_jax.tools.convert_clip,
   python -m zsl_jax.main --config=configs/clip_rn50_baseline.py:eval=21k_d --workdir=runs/clip_zs \
       --config.mode=eval --config.init.checkpoint=weights/RN50 --config.data.hierarchy=... --config.data.index=...
 """
-from zsl_jax.projects.hgr import config as hgr_rn50
 from zsl_jax import config_lib
+from zsl_jax.projects.hgr import config as hgr_rn50
 
 
 def get_config(arg=None):

@@ -9,9 +9,9 @@ Training images: all seen images plus k of the 10 reserved images of every unsee
 split `ls{k}_train`, nested in k); evaluation on the unseen classes' remaining images (`ls_test`).
 This is the documented protocol; the released scripts load seen classes only (a difference the README notes).
 """
-from zsl_jax.projects.hgr import config as hgr_rn50
 from zsl_jax import config_lib
 from zsl_jax.errors import UserError
+from zsl_jax.projects.hgr import config as hgr_rn50
 
 SHOTS = (1, 2, 3, 5, 10)
 

@@ -35,8 +35,10 @@ def popen_main(config, workdir, *overrides):
 def restore_state(config, workdir):
   """(latest checkpointed state as numpy, its step) of a run, restored onto one device."""
   import jax  # pylint: disable=import-outside-toplevel
+
   from zsl_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from zsl_jax import engine, sharding  # pylint: disable=import-outside-toplevel
+  from zsl_jax import engine  # pylint: disable=import-outside-toplevel
+  from zsl_jax import sharding  # pylint: disable=import-outside-toplevel
   eng = engine.Engine(config, workdir, mesh=sharding.make_mesh(dict(data=1, fsdp=1), jax.devices()[:1]))
   eng.build_state(with_optimizer=True)
   ck = ckpt_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints")

@@ -8,9 +8,9 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+from absl import flags  # pylint: disable=wrong-import-position
 import jax  # pylint: disable=wrong-import-position
 import pytest  # pylint: disable=wrong-import-position
-from absl import flags  # pylint: disable=wrong-import-position
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

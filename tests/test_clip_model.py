@@ -12,7 +12,9 @@ import pytest
 from zsl_jax.errors import UserError
 from zsl_jax.models import clip as clip_lib
 from zsl_jax.models.clip import zero_shot
-from zsl_jax.text import templates, tokenize, truncate_tokens
+from zsl_jax.text import templates
+from zsl_jax.text import tokenize
+from zsl_jax.text import truncate_tokens
 
 TINY_RN = clip_lib.CLIPConfig(embed_dim=64, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=16,
                               vision_patch_size=None, transformer_width=64, transformer_heads=1,

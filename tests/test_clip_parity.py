@@ -165,8 +165,8 @@ def test_hgr_fp16_module_prefix_state_dict(oc, tmp_path):
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_torchscript_archive_and_safetensors(oc, tmp_path):
-  import torch  # pylint: disable=import-outside-toplevel
   from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
   ref = _tiny_open_clip(oc, vit=True)
   ref.register_buffer("input_resolution", torch.tensor(64))  # int metadata as in OpenAI's archives
   traced = torch.jit.trace(ref, (torch.zeros(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long)),

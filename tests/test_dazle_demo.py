@@ -85,8 +85,9 @@ def test_import_official_checkpoint_and_evaluate(demo_run):
   """An official-layout torch state dict: CLI -> .npz, and eval mode from the .pth and the .npz agree."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
-  from zsl_jax.projects.attr.data import region_features  # pylint: disable=import-outside-toplevel
+
   from tests.test_dazle_parity import TorchDAZLE  # pylint: disable=import-outside-toplevel
+  from zsl_jax.projects.attr.data import region_features  # pylint: disable=import-outside-toplevel
   root, _ = demo_run
   hdf5 = next((root / "data").glob("AWA2_*/feature_map_ResNet_101_AWA2.hdf5"))
   meta = region_features.load_dazle_hdf5_meta(hdf5)

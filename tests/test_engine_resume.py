@@ -7,9 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from tests import cli, toy_config
+from tests import cli
+from tests import toy_config
 from zsl_jax import checkpoint as ckpt_lib
-from zsl_jax import engine, metrics, sharding
+from zsl_jax import engine
+from zsl_jax import metrics
+from zsl_jax import sharding
 
 CONFIG = "tests/toy_config.py:steps=16"
 # Same command for every run: fsdp sharding so checkpoints hold genuinely split arrays, and a

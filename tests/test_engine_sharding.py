@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tests import toy_config
-from zsl_jax import engine, sharding
+from zsl_jax import engine
+from zsl_jax import sharding
 
 
 def _one_step(tmp_path, mesh_shape, devices):

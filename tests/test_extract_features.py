@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import scipy.io
 
-from zsl_jax.projects.attr.data import demo as synthetic_zsl
-from zsl_jax.projects.attr.data import dataset as zsl_dataset
-from zsl_jax.projects.attr.data import xlsa17
 from zsl_jax.data.images import decode_rgb
 from zsl_jax.data.transforms import imagenet_preprocess
 from zsl_jax.errors import UserError
+from zsl_jax.projects.attr.data import dataset as zsl_dataset
+from zsl_jax.projects.attr.data import demo as synthetic_zsl
+from zsl_jax.projects.attr.data import xlsa17
 from zsl_jax.projects.attr.tools import extract_features as ef
 
 pytestmark = pytest.mark.torch
@@ -26,6 +26,7 @@ DAZLE_KEYS = {"feature_map", "labels", "trainval_loc", "test_seen_loc", "test_un
 def setup(tmp_path_factory):
   """12 CUB-layout JPEGs, xlsa17 files, word vectors, and a 1-1-1-1 Bottleneck ResNet checkpoint."""
   import torch  # pylint: disable=import-outside-toplevel
+
   from zsl_jax.models.torch_io import import_torchvision  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("extract")
   data = synthetic_zsl.make_demo_images(root, "CUB", num_classes=4, images_per_class=3, num_attributes=6)

@@ -15,12 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.test_hgr_loss import _random_tree, _torch_weights
-from zsl_jax.projects.hgr import loss as hgr
-from zsl_jax.projects.hgr import negatives as hgr_negatives
+from tests.test_hgr_loss import _random_tree
+from tests.test_hgr_loss import _torch_weights
 from zsl_jax.models import clip as clip_lib
 from zsl_jax.models.clip import convert as clip_convert
-from zsl_jax.text import tokenize, truncate_tokens
+from zsl_jax.projects.hgr import loss as hgr
+from zsl_jax.projects.hgr import negatives as hgr_negatives
+from zsl_jax.text import tokenize
+from zsl_jax.text import truncate_tokens
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -31,8 +33,8 @@ NEGATIVES = 6
 
 @pytest.fixture(scope="module")
 def models():
-  from zsl_jax.models.torch_io import import_open_clip  # pylint: disable=import-outside-toplevel
   from tests.test_clip_parity import _randomize_norms  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models.torch_io import import_open_clip  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
   ref = _randomize_norms(import_open_clip().create_model("RN50-quickgelu", force_image_size=RES)).eval()
   sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}

@@ -6,8 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from zsl_jax.projects.hgr.data import demo as synthetic_imagenet
 from zsl_jax.errors import UserError
+from zsl_jax.projects.hgr.data import demo as synthetic_imagenet
 from zsl_jax.projects.hgr.hierarchy import graph
 from zsl_jax.projects.hgr.hierarchy import splits
 from zsl_jax.projects.hgr.hierarchy import wordnet

@@ -6,14 +6,14 @@ import shutil
 
 import grain
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from zsl_jax.data import sampling
-from zsl_jax.projects.hgr.data import batchers
-from zsl_jax.projects.hgr.data import imagenet21k
-from zsl_jax.projects.hgr.data import demo as synthetic_imagenet
 from zsl_jax.data import transforms
+from zsl_jax.projects.hgr.data import batchers
+from zsl_jax.projects.hgr.data import demo as synthetic_imagenet
+from zsl_jax.projects.hgr.data import imagenet21k
 from zsl_jax.projects.hgr.tools import build_hierarchy
 from zsl_jax.projects.hgr.tools import make_splits
 

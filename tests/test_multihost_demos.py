@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from tests import cli
-from zsl_jax import metrics, sharding
+from zsl_jax import metrics
+from zsl_jax import sharding
 
 STEPS = 4
 COMMON = ("--config.checkpoint.every_steps=2", "--config.log.every_steps=1", "--config.log.progress=False")

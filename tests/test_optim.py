@@ -6,9 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zsl_jax import optim
-
 from zsl_jax import config_lib
+from zsl_jax import optim
 from zsl_jax.errors import UserError
 
 torch = pytest.importorskip("torch")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from zsl_jax.errors import UserError
-from zsl_jax.models import resnet, resnet_convert
+from zsl_jax.models import resnet
+from zsl_jax.models import resnet_convert
 
 pytestmark = pytest.mark.torch
 
@@ -13,6 +14,7 @@ pytestmark = pytest.mark.torch
 def _randomised_torchvision(arch, seed):
   """torchvision ResNet with random BN statistics and affine terms, so BN conversion matters."""
   import torch  # pylint: disable=import-outside-toplevel
+
   from zsl_jax.models.torch_io import import_torchvision  # pylint: disable=import-outside-toplevel
   tv = import_torchvision()
   torch.manual_seed(seed)

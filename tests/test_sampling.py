@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import clip_rn50_baseline, hgr_rn50
+from configs import clip_rn50_baseline
+from configs import hgr_rn50
 from zsl_jax.data import sampling
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr import clip_baseline

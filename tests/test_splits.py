@@ -4,8 +4,8 @@ import json
 import numpy as np
 import pytest
 
-from zsl_jax.projects.hgr.data import imagenet21k
 from zsl_jax.errors import UserError
+from zsl_jax.projects.hgr.data import imagenet21k
 from zsl_jax.projects.hgr.hierarchy import graph
 from zsl_jax.projects.hgr.hierarchy import splits
 from zsl_jax.projects.hgr.tools import make_splits

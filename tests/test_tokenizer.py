@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from zsl_jax.errors import UserError
-from zsl_jax.text import templates, tokenizer
-from zsl_jax.text import tokenize, truncate_tokens
+from zsl_jax.text import templates
+from zsl_jax.text import tokenize
+from zsl_jax.text import tokenizer
+from zsl_jax.text import truncate_tokens
 
 
 def _lemma_lines():

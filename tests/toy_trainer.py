@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from zsl_jax import trainer as base
 from zsl_jax.data import pipeline
 from zsl_jax.data import sampling
 from zsl_jax.evaluators import base as eval_base
-from zsl_jax import trainer as base
 
 
 class MLP(nn.Module):

@@ -8,8 +8,10 @@ from shapes (`jax.eval_shape`) before anything is materialised.
 import re
 
 import jax
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from zsl_jax.errors import UserError
 

@@ -13,8 +13,8 @@ import signal
 import sys
 
 import jax
-import numpy as np
 from jax.experimental import multihost_utils
+import numpy as np
 
 from zsl_jax import metrics as metrics_lib
 from zsl_jax import sharding

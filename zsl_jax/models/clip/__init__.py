@@ -2,7 +2,19 @@
 
 `from zsl_jax.models import clip; clip.load("weights/RN50")` is the user-facing entry point.
 """
-from zsl_jax.models.clip.io import LoadedCLIP, load, load_converted, save_converted
-from zsl_jax.models.clip.model import (CLIP, CLIPConfig, CONFIG_FILE, PRESETS, VARIABLES_DIR, abstract_variables,
-                                       config_from_state_dict, count_params, encode_prompts_in_chunks, get_config,
-                                       init_variables, preset_name)
+from zsl_jax.models.clip.io import load
+from zsl_jax.models.clip.io import load_converted
+from zsl_jax.models.clip.io import LoadedCLIP
+from zsl_jax.models.clip.io import save_converted
+from zsl_jax.models.clip.model import abstract_variables
+from zsl_jax.models.clip.model import CLIP
+from zsl_jax.models.clip.model import CLIPConfig
+from zsl_jax.models.clip.model import CONFIG_FILE
+from zsl_jax.models.clip.model import config_from_state_dict
+from zsl_jax.models.clip.model import count_params
+from zsl_jax.models.clip.model import encode_prompts_in_chunks
+from zsl_jax.models.clip.model import get_config
+from zsl_jax.models.clip.model import init_variables
+from zsl_jax.models.clip.model import preset_name
+from zsl_jax.models.clip.model import PRESETS
+from zsl_jax.models.clip.model import VARIABLES_DIR

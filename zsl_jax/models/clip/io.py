@@ -14,7 +14,11 @@ import numpy as np
 
 from zsl_jax.errors import UserError
 from zsl_jax.models.clip import convert as clip_convert
-from zsl_jax.models.clip.model import CLIP, CLIPConfig, CONFIG_FILE, VARIABLES_DIR, abstract_variables
+from zsl_jax.models.clip.model import abstract_variables
+from zsl_jax.models.clip.model import CLIP
+from zsl_jax.models.clip.model import CLIPConfig
+from zsl_jax.models.clip.model import CONFIG_FILE
+from zsl_jax.models.clip.model import VARIABLES_DIR
 from zsl_jax.text.tokenizer import truncate_tokens
 
 _F32 = jnp.float32

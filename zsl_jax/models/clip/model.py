@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from zsl_jax.errors import UserError
-from zsl_jax.text import tokenizer
 from zsl_jax.models.clip import text_transformer as tt
 from zsl_jax.models.clip.modified_resnet import ModifiedResNet
 from zsl_jax.models.clip.vit import VisionTransformer
+from zsl_jax.text import tokenizer
 
 _F32 = jnp.float32
 CONFIG_FILE = "clip_config.json"

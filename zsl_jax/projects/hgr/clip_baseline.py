@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from zsl_jax.projects.hgr.data import batchers
-from zsl_jax.projects.hgr.data import imagenet21k
 from zsl_jax.data import pipeline
 from zsl_jax.data import sampling
-from zsl_jax.text import tokenizer
 from zsl_jax.projects.hgr import trainer as hgr
+from zsl_jax.projects.hgr.data import batchers
+from zsl_jax.projects.hgr.data import imagenet21k
+from zsl_jax.text import tokenizer
 
 
 class Trainer(hgr.Trainer):

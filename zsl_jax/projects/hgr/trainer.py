@@ -17,21 +17,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zsl_jax.projects.hgr.data import array_record
-from zsl_jax.projects.hgr.data import batchers
-from zsl_jax.projects.hgr.data import demo as synthetic_imagenet
-from zsl_jax.projects.hgr.data import imagenet21k
+from zsl_jax import checkpoint as ckpt_lib
+from zsl_jax import config_lib
+from zsl_jax import trainer as base
 from zsl_jax.data import demo_cache
 from zsl_jax.data import pipeline
 from zsl_jax.data import sampling
 from zsl_jax.errors import UserError
-from zsl_jax.projects.hgr.hierarchy import graph as graph_lib
+from zsl_jax.models import clip as clip_lib
 from zsl_jax.projects.hgr import loss as hgr_loss
 from zsl_jax.projects.hgr import negatives
-from zsl_jax.models import clip as clip_lib
+from zsl_jax.projects.hgr.data import array_record
+from zsl_jax.projects.hgr.data import batchers
+from zsl_jax.projects.hgr.data import demo as synthetic_imagenet
+from zsl_jax.projects.hgr.data import imagenet21k
+from zsl_jax.projects.hgr.hierarchy import graph as graph_lib
 from zsl_jax.text import tokenizer
-from zsl_jax import config_lib
-from zsl_jax import trainer as base
 
 logger = logging.getLogger(__name__)
 
@@ -243,7 +244,6 @@ class Trainer(base.Trainer):
     sampling on the host and deterministic across resumes. A randomly initialised text tower has
     no meaningful similarities, so from-scratch runs must use another sampler.
     """
-    from zsl_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
     path = self.config.init.checkpoint
     if not path:
       raise UserError("hgr.sampler='near_simi' ranks negatives by a pretrained text tower: set "
@@ -265,21 +265,22 @@ class Trainer(base.Trainer):
     logger.info("near_simi: prompt similarities from %s", path)
     return lambda node: emb @ emb[node]
 
-  @functools.cached_property
-  def encode_prompts_fn(self):
-    """jitted (variables, tokens [U, L]) -> normalised prompt features [U, E] (evaluation)."""
-    def f(variables, tokens):
-      txt = self.module.apply(self.clip_variables(variables), tokens, method=clip_lib.CLIP.encode_text)
-      return txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
+  def _normalised_tower(self, method):
+    """jitted (variables, inputs) -> L2-normalised features of one CLIP tower (evaluation)."""
+    def f(variables, inputs):
+      out = self.module.apply(self.clip_variables(variables), inputs, method=method)
+      return out / jnp.linalg.norm(out, axis=-1, keepdims=True)
     return jax.jit(f)
 
   @functools.cached_property
+  def encode_prompts_fn(self):
+    """(variables, tokens [U, L]) -> normalised prompt features [U, E]."""
+    return self._normalised_tower(clip_lib.CLIP.encode_text)
+
+  @functools.cached_property
   def encode_images_fn(self):
-    """jitted (variables, images [B, S, S, 3]) -> normalised image features [B, E] (evaluation)."""
-    def f(variables, images):
-      img = self.module.apply(self.clip_variables(variables), images, method=clip_lib.CLIP.encode_image)
-      return img / jnp.linalg.norm(img, axis=-1, keepdims=True)
-    return jax.jit(f)
+    """(variables, images [B, S, S, 3]) -> normalised image features [B, E]."""
+    return self._normalised_tower(clip_lib.CLIP.encode_image)
 
   def eval_offer(self):
     """For the hierarchical evaluator: the towers, every node's prompt, the hierarchy and the test images."""

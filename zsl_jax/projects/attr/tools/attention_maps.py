@@ -25,6 +25,7 @@ from zsl_jax.errors import UserError
 def load_run(run, step=-1):
   """(trainer, variables) of a training workdir (its config.json and checkpoints)."""
   import ml_collections  # pylint: disable=import-outside-toplevel
+
   from zsl_jax import engine  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(run) / "config.json"
   if not path.exists():
@@ -41,9 +42,11 @@ def load_run(run, step=-1):
 def image_features(images, weights, resolution=224):
   """Region features [N, R, 2048] and the preprocessed crops, through the JAX ResNet."""
   import jax  # pylint: disable=import-outside-toplevel
+
   from zsl_jax.data.images import decode_rgb  # pylint: disable=import-outside-toplevel
   from zsl_jax.data.transforms import imagenet_preprocess  # pylint: disable=import-outside-toplevel
-  from zsl_jax.models import resnet, resnet_convert  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models import resnet  # pylint: disable=import-outside-toplevel
+  from zsl_jax.models import resnet_convert  # pylint: disable=import-outside-toplevel
   stages, variables = resnet_convert.load_torchvision_checkpoint(weights)
   model = resnet.ResNet(stage_sizes=stages, features_only=True)
   x = np.stack([imagenet_preprocess(decode_rgb(p)[0], resolution, resolution) for p in images])
@@ -55,7 +58,8 @@ def image_features(images, weights, resolution=224):
 def display_crop(path, resolution=224):
   """The resized + centre-cropped RGB image the features see (uint8 [S, S, 3])."""
   from zsl_jax.data.images import decode_rgb  # pylint: disable=import-outside-toplevel
-  from zsl_jax.data.transforms import center_crop, resize_shorter  # pylint: disable=import-outside-toplevel
+  from zsl_jax.data.transforms import center_crop  # pylint: disable=import-outside-toplevel
+  from zsl_jax.data.transforms import resize_shorter  # pylint: disable=import-outside-toplevel
   img = center_crop(resize_shorter(decode_rgb(path)[0], resolution), resolution)
   return np.asarray(img, np.uint8)
 

@@ -48,7 +48,8 @@ class _ImageSource:
     return len(self.paths)
 
   def __getitem__(self, i):
-    from zsl_jax.data.images import CorruptImageError, decode_rgb  # pylint: disable=import-outside-toplevel
+    from zsl_jax.data.images import CorruptImageError  # pylint: disable=import-outside-toplevel
+    from zsl_jax.data.images import decode_rgb  # pylint: disable=import-outside-toplevel
     from zsl_jax.data.transforms import imagenet_preprocess  # pylint: disable=import-outside-toplevel
     ok = True
     try:
@@ -127,7 +128,9 @@ def _build_forward(model, variables):
   """jit-compiled trunk with the batch sharded over a 1-D mesh of all local devices."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from jax.sharding import AxisType  # pylint: disable=import-outside-toplevel
+  from jax.sharding import NamedSharding  # pylint: disable=import-outside-toplevel
+  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
 
   devices = jax.local_devices()
   mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
@@ -234,6 +237,7 @@ def _load_trunk(weights, dtype, resolution):
   """(stage sizes, jitted forward, per-image feature shape (2048, h, w)) of the frozen ResNet trunk in `weights`."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   from zsl_jax.models import resnet_convert  # pylint: disable=import-outside-toplevel
   from zsl_jax.models.resnet import ResNet  # pylint: disable=import-outside-toplevel
   stage_sizes, variables = resnet_convert.load_torchvision_checkpoint(weights)
@@ -269,6 +273,7 @@ def _compute_rows(f, todo, paths, forward, stats, *, resolution, batch_size, num
   """Decodes the images of rows `todo` in grain threads and writes the trunk's features, one batch in flight."""
   import grain  # pylint: disable=import-outside-toplevel
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
   from zsl_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   source = _ImageSource([paths[i] for i in todo], todo, resolution)
   batches = pipeline.padded_eval_dataset(grain.MapDataset.source(source), batch_size, process_index=0,

@@ -42,6 +42,7 @@ def read_torch_state_dict(path):
 def convert(state_dict, seen_classes, unseen_classes, check=True, **options):
   """from_torch_state_dict plus a finiteness check of the scores on random non-negative features."""
   import jax  # pylint: disable=import-outside-toplevel
+
   from zsl_jax.projects.attr.models import dazle  # pylint: disable=import-outside-toplevel
   module, variables = dazle.from_torch_state_dict(state_dict, seen_classes=seen_classes,
                                                   unseen_classes=unseen_classes, **options)

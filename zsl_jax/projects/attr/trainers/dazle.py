@@ -15,16 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zsl_jax.data import sampling
-from zsl_jax.projects.attr.data import samplers as zsl_batchers
-from zsl_jax.projects.attr.data import loading
-from zsl_jax.projects.attr.data import xlsa17
-from zsl_jax.errors import UserError
-from zsl_jax.projects.attr import retrain
-from zsl_jax.projects.attr.losses import dazle as dazle_losses
-from zsl_jax.projects.attr.models import dazle as dazle_model
 from zsl_jax import config_lib
 from zsl_jax import trainer as base
+from zsl_jax.data import sampling
+from zsl_jax.errors import UserError
+from zsl_jax.projects.attr import retrain
+from zsl_jax.projects.attr.data import loading
+from zsl_jax.projects.attr.data import samplers as zsl_batchers
+from zsl_jax.projects.attr.data import xlsa17
+from zsl_jax.projects.attr.losses import dazle as dazle_losses
+from zsl_jax.projects.attr.models import dazle as dazle_model
 
 logger = logging.getLogger(__name__)
 

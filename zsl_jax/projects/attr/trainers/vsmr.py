@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zsl_jax import config_lib
 from zsl_jax.projects.attr.losses import vsmr as vsmr_losses
 from zsl_jax.projects.attr.models import vsmr as vsmr_model
 from zsl_jax.projects.attr.trainers import dazle as dazle_trainer
-from zsl_jax import config_lib
 
 # vsmr.test_masks: attribute masks of test images from the attribute classifier (the method), or the
 # true classes' masks (a diagnostic upper bound)
