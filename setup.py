@@ -1,7 +1,7 @@
 """zsl_jax: HGR-Net and DAZLE/VSMR zero-shot classification in JAX/Flax."""
 import setuptools
 
-# Ranges that resolve together on Python 3.11 and 3.12 (see shared/specs/jax_stack.md §1).
+# Ranges that resolve together on Python 3.11 and 3.12.
 INSTALL_REQUIRES = [
     "jax>=0.10.0,<0.11",
     "flax>=0.12.8,<0.13",

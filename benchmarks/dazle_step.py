@@ -1,199 +1,233 @@
-r"""DAZLE train-step time: zsl_jax (JAX) vs a PyTorch implementation of the reference step.
+r"""DAZLE train step at AWA2 shapes: the zsl_jax engine's step vs the official DAZLE step in torch.
 
-  python benchmarks/dazle_step.py [--steps 20] [--full]
+  python benchmarks/dazle_step.py [--threads 1] [--steps 10] [--warmup 2]
+  python benchmarks/dazle_step.py --dry-run          # tiny shapes, seconds (CI and the GPU suite)
 
-Same machine, same AWA2 shapes (B=50, 49 regions, 2048 features, 85 attributes, 50 classes, the
-notebook's RMSprop). Prints both step times, their ratio and the projected wall time of the full
-AWA2 schedule (9,410 steps + 21 test evaluations of 13,795 images). `--full` instead runs that whole
-schedule in JAX on AWA2-sized features generated on the device (meant for a GPU; on a CPU it takes
-as long as projected). The torch step is written here from dazle_vsmr.md §1 (forward, CE over all
-classes without the margin, λ·self-calibration, torch.optim.RMSprop), not copied from the authors.
+zsl_jax side: the product path. `Engine(config).build_state(with_optimizer=True)` and
+`make_train_step()` of configs/dazle_awa2.py, fed by the DAZLE trainer's own `train_iterator()`
+(balanced sampler, batch_size 50 -> 40 classes x 1 image) through `sharding.global_batch`, on an
+AWA2-shaped benchmark written by the project's demo generator (50 classes, 40 seen, 85 attributes,
+49 x 2048 regions, 300-d attribute vectors) and held in memory. Torch side: the official DAZLE
+forward, CE over all classes + 0.1 x self-calibration and torch.optim.RMSprop (the torch reference
+of tests/test_dazle_parity.py, in float32), on the same in-memory features in the official [N, 2048,
+7, 7] layout and batches drawn by the same balanced rule. The ratio compares frameworks: the same
+computation on both sides. Both sides get the same threads: torch.set_num_threads(N) with
+OMP_WAIT_POLICY=PASSIVE, XLA's CPU client limited to N intra-op threads; the table shows CPU time
+beside wall time (CPU/wall near N confirms it). Steps alternate between the sides so that a change
+of machine load hits both alike. Compile time is reported apart from the per-step medians.
 """
 import argparse
+import importlib
+import math
 import os
 import platform
+import statistics
+import sys
+import tempfile
 import time
 
 import numpy as np
 
-B, R, F, D, I, K = 50, 49, 2048, 300, 85, 50
-SEEN = np.sort(np.random.default_rng(0).choice(K, 40, replace=False))
-UNSEEN = np.setdiff1d(np.arange(K), SEEN)
-AWA2_STEPS, AWA2_EVALS, AWA2_TEST_IMAGES = 9410, 21, 5882 + 7913
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+AWA2_TRAINVAL = 23527  # images of the AWA2 trainval split (xlsa17 proposed split)
+OFFICIAL_STEPS = AWA2_TRAINVAL * 20 // 50  # DAZLE_AWA2.ipynb: niters = ntrain * epochs // batch_size = 9410
+AWA2 = dict(num_classes=50, num_unseen=10, num_val_classes=3, num_attributes=85, feature_dim=2048, w2v_dim=300,
+            images_per_class=4)  # 3 trainval + 1 test-seen image per seen class: enough for balanced batches
+TINY = dict(num_classes=6, num_unseen=2, num_val_classes=1, num_attributes=8, feature_dim=16, w2v_dim=12,
+            images_per_class=3)
 
 
-def _inputs(seed=0):
-  rng = np.random.default_rng(seed)
-  feats = np.maximum(rng.standard_normal((B, R, F)), 0).astype(np.float32)  # post-ReLU-like
-  labels = rng.choice(SEEN, B).astype(np.int32)
-  att = np.abs(rng.standard_normal((K, I))).astype(np.float32)
-  w2v = rng.standard_normal((I, D)).astype(np.float32)
-  return feats, labels, att, w2v
+def limit_threads(n):
+  """Before jax and torch are imported: N intra-op threads for XLA and OpenMP, passive OpenMP waiting.
+
+  One XLA device (any forced host device count is dropped): the comparison is per thread count.
+  """
+  os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+  os.environ["OMP_NUM_THREADS"] = str(n)
+  drop = ("--xla_force_host_platform_device_count", "--xla_cpu_multi_thread_eigen", "intra_op_parallelism_threads")
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(drop)]
+  flags += [f"--xla_cpu_multi_thread_eigen={'true' if n > 1 else 'false'}", f"intra_op_parallelism_threads={n}"]
+  os.environ["XLA_FLAGS"] = " ".join(flags)
 
 
-# ---------------------------------------------------------------------------------------- JAX
-def jax_setup():
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
-
-  from zsl_jax import optim  # pylint: disable=import-outside-toplevel
-  from zsl_jax.projects.attr import config as configs_zsl  # pylint: disable=import-outside-toplevel
-  from zsl_jax.projects.attr.losses import dazle as losses  # pylint: disable=import-outside-toplevel
-  from zsl_jax.projects.attr.models import dazle  # pylint: disable=import-outside-toplevel
-  feats, labels, att, w2v = _inputs()
-  model = dazle.DAZLE(num_attributes=I, feature_dim=F, w2v_dim=D, normalize_V=True)
-  a, m = dazle.universe_inputs(att / np.linalg.norm(att, axis=1, keepdims=True), np.arange(K), UNSEEN)
-  variables = model.init(jax.random.PRNGKey(0), feats[:1], a, m)
-  params = {**variables["params"], "V": jnp.asarray(w2v / np.linalg.norm(w2v, axis=1, keepdims=True))}
-  params["W_2"] = 0.01 * jax.random.normal(jax.random.PRNGKey(1), (D, F))  # non-uniform attention
-  params["W_3"] = 0.01 * jax.random.normal(jax.random.PRNGKey(2), (D, F))
-  consts = variables["constants"]
-  tx, _ = optim.make(configs_zsl.rmsprop(momentum=0.0), AWA2_STEPS)
-  unseen = jnp.asarray(np.isin(np.arange(K), UNSEEN))
-
-  def step(state, x, y):
-    def loss_fn(p):
-      out = model.apply({"params": p, "constants": consts}, x)
-      return losses.dazle_loss(out, y, unseen)[0]
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
-
-  state = {"params": params, "opt": tx.init(params)}
-  step = jax.jit(step, donate_argnums=(0,))
-  scores = jax.jit(lambda p, x: model.apply({"params": p, "constants": consts}, x)["scores"])
-  return state, step, scores, jnp.asarray(feats), jnp.asarray(labels)
+def make_config(files):
+  """configs/dazle_awa2.py on the generated files: in memory, trained as the notebook (trainval, K = 50)."""
+  config = importlib.import_module("configs.dazle_awa2").get_config()
+  config.data.update(hdf5=files["hdf5"], att_splits=files["att_splits"], res101=files["res101"], w2v=files["w2v"],
+                     in_memory=True, demo=False)
+  config.zsl.select_on = "test_reference"  # the notebooks' protocol: 40 seen training classes, 10 unseen
+  return config
 
 
-def time_jax(steps):
-  state, step, scores, x, y = jax_setup()
-  t0 = time.perf_counter()
-  state, loss = step(state, x, y)
-  loss.block_until_ready()
-  compile_s = time.perf_counter() - t0
-  for _ in range(2):
-    state, loss = step(state, x, y)
-  loss.block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, loss = step(state, x, y)
-  loss.block_until_ready()
-  per_step = (time.perf_counter() - t0) / steps
-  s = scores(state["params"], x)
-  s.block_until_ready()
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    s = scores(state["params"], x)
-  s.block_until_ready()
-  per_eval_batch = (time.perf_counter() - t0) / steps
-  return per_step, per_eval_batch, compile_s, float(loss)
+class Timer:
+  """Wall and process CPU seconds (all threads) of each timed call."""
+
+  def __init__(self):
+    self.wall, self.cpu = [], []
+
+  def __call__(self, fn, *args):
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    self.wall.append(time.perf_counter() - w0)
+    self.cpu.append(time.process_time() - c0)
+    return out
+
+  def median(self, skip):
+    return statistics.median(self.wall[skip:]), statistics.median(self.cpu[skip:])
 
 
-def run_full_jax():
-  """The whole AWA2 schedule on generated features (drawn on the device, never held in host RAM)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  state, step, scores, _, y = jax_setup()
-  gen = jax.jit(lambda k: jax.nn.relu(jax.random.normal(k, (B, R, F))))
-  key = jax.random.PRNGKey(0)
-  t0 = time.perf_counter()
-  loss = None
-  eval_every = AWA2_STEPS // (AWA2_EVALS - 1)
-  n_eval_batches = -(-AWA2_TEST_IMAGES // B)
-  for i in range(AWA2_STEPS + 1):
-    if i % eval_every == 0:
-      for j in range(n_eval_batches):
-        s = scores(state["params"], gen(jax.random.fold_in(key, 10 ** 6 + j)))
-      s.block_until_ready()
-    if i < AWA2_STEPS:
-      state, loss = step(state, gen(jax.random.fold_in(key, i)), y)
-  loss.block_until_ready()
-  return time.perf_counter() - t0
+class JaxSide:
+  """The engine's jitted step, compiled once ahead of the timed calls, fed by the trainer's iterator."""
+
+  def __init__(self, config, workdir):
+    import jax  # pylint: disable=import-outside-toplevel
+
+    from zsl_jax import engine as engine_lib  # pylint: disable=import-outside-toplevel
+    from zsl_jax import sharding  # pylint: disable=import-outside-toplevel
+    engine_lib.trainer_class(config).check_config(config)
+    self.engine = engine_lib.Engine(config, workdir)
+    self.state = self.engine.build_state(with_optimizer=True)
+    self.data_iter = self.engine.trainer.train_iterator()
+    keys = tuple(getattr(self.engine.trainer, "replicated_batch_keys", ()))  # as train_loop.TrainLoop
+    self.global_batch = lambda: sharding.global_batch(next(self.data_iter), self.engine.mesh, keys)
+    self.block = jax.block_until_ready
+    self.data, self.steps, self.compile = Timer(), Timer(), Timer()
+    batch = self.global_batch()
+    self.batch_size = batch["label"].shape[0]
+    self.step = self.compile(lambda: self.engine.make_train_step().lower(self.state, batch).compile())
+    self.loss = math.nan
+
+  def _step(self, batch):
+    state, measured = self.step(self.state, batch)
+    return self.block((state, measured))  # timed to completion, not to dispatch
+
+  def run_step(self):
+    batch = self.data(self.global_batch)  # {'features' [B, R, F], 'label' [B], 'index' [B]}
+    self.state, measured = self.steps(self._step, batch)
+    self.loss = float(measured["loss"])
 
 
-# ---------------------------------------------------------------------------------------- torch
-def time_torch(steps):
-  import torch  # pylint: disable=import-outside-toplevel
-  import torch.nn.functional as TF  # pylint: disable=import-outside-toplevel
-  feats, labels, att, w2v = _inputs()
-  fmap = torch.tensor(feats).permute(0, 2, 1).contiguous()  # [B, F, R] as the reference stores it
-  y = torch.tensor(labels, dtype=torch.long)
-  V = torch.nn.Parameter(TF.normalize(torch.tensor(w2v)))
-  W1 = torch.nn.Parameter(torch.randn(D, F))
-  W2 = torch.nn.Parameter(0.01 * torch.randn(D, F))
-  W3 = torch.nn.Parameter(0.01 * torch.randn(D, F))
-  Z = TF.normalize(torch.tensor(att))
-  margin = torch.ones(K)
-  margin[torch.tensor(SEEN)] = -1
-  unseen = torch.tensor(UNSEEN)
-  opt = torch.optim.RMSprop([V, W1, W2, W3], lr=1e-4, weight_decay=1e-4, momentum=0.0, alpha=0.99, eps=1e-8)
+class TorchSide:
+  """The official DAZLE step (forward, CE + λ·self-calibration, RMSprop) on the same features."""
 
-  def forward(x):
-    Vn = TF.normalize(V)
-    x = TF.normalize(x, dim=1)
-    S = torch.einsum("iv,vf,bfr->bir", Vn, W1, x)
-    A = TF.softmax(torch.einsum("iv,vf,bfr->bir", Vn, W2, x), dim=-1)
-    Fp = torch.einsum("bir,bfr->bif", A, x)
-    Sp = torch.einsum("bir,bir->bi", A, S)
-    Ap = torch.sigmoid(torch.einsum("iv,vf,bif->bi", Vn, W3, Fp))
-    return torch.einsum("ki,bi,bi->bk", Z, Ap, Sp) + margin
+  def __init__(self, trainer, config):
+    import torch  # pylint: disable=import-outside-toplevel
 
-  def step():
-    opt.zero_grad()
-    s = forward(fmap)
-    ce = TF.cross_entropy(s - margin, y)
-    cal = -torch.log(TF.softmax(s, dim=-1)[:, unseen].sum(1).mean())
-    loss = ce + 0.1 * cal
+    from tests.test_dazle_parity import TorchDAZLE  # pylint: disable=import-outside-toplevel
+    from zsl_jax.data import sampling  # pylint: disable=import-outside-toplevel
+    ds, universe = trainer.dataset, trainer.train_universe
+    classes = np.arange(len(universe["classes"]))
+    feats = ds.features.get_batch(np.arange(len(ds.labels)))  # [N, R, F]
+    n, r, f = feats.shape
+    side = math.isqrt(r)
+    self.fmap = torch.from_numpy(np.ascontiguousarray(feats.transpose(0, 2, 1))).reshape(n, f, side, r // side)
+    self.position = trainer.train_positions()[ds.labels]  # [N] class position in the universe
+    rows = ds.split(trainer.train_split)
+    self.sampler = sampling.BalancedSampler(rows, ds.labels[rows], config.batch_size, config.seed)
+    unseen = universe["unseen"]
+    self.model = TorchDAZLE(np.asarray(ds.w2v, np.float64), trainer.att.astype(np.float64), classes[~unseen],
+                            classes[unseen], normalize_V=config.model.normalize_V,
+                            normalize_F=config.model.normalize_F, is_bias=True, lam=config.loss.lam,
+                            feature_dim=f).float()
+    o = config.optim
+    self.opt = torch.optim.RMSprop([p for p in self.model.parameters() if p.requires_grad], lr=o.lr, alpha=o.rms_decay,
+                                   eps=o.eps, weight_decay=o.weight_decay, momentum=o.momentum)
+    self.torch = torch
+    self.data, self.steps = Timer(), Timer()
+    self.count, self.loss = 0, math.nan
+
+  def _batch(self):
+    rows = self.sampler(self.count)
+    return self.fmap[self.torch.from_numpy(rows)], self.torch.from_numpy(self.position[rows])  # [B, F, 7, 7], [B]
+
+  def _step(self, x, y):
+    self.opt.zero_grad()
+    loss = self.model.loss(self.model(x), y)
     loss.backward()
-    opt.step()
-    return loss
+    self.opt.step()
+    return loss.item()
 
-  for _ in range(2):
-    step()
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    loss = step()
-  per_step = (time.perf_counter() - t0) / steps
-  with torch.no_grad():
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      forward(fmap)
-    per_eval_batch = (time.perf_counter() - t0) / steps
-  return per_step, per_eval_batch, loss.item(), torch.get_num_threads()
+  def run_step(self):
+    x, y = self.data(self._batch)
+    self.loss = self.steps(self._step, x, y)
+    self.count += 1
 
 
-def projected(per_step, per_eval_batch):
-  return AWA2_STEPS * per_step + AWA2_EVALS * (-(-AWA2_TEST_IMAGES // B)) * per_eval_batch
+def generate(out_dir, sizes):
+  """The AWA2-shaped benchmark files, written by the project's demo generator."""
+  from zsl_jax.projects.attr.data import demo  # pylint: disable=import-outside-toplevel
+  return demo.make_demo(out_dir, "AWA2", seed=0, **sizes)
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--steps", type=int, default=20, help="timed steps per framework (after warm-up)")
-  p.add_argument("--full", action="store_true", help="run the full AWA2 schedule in JAX on generated features")
-  p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference step")
-  args = p.parse_args()
+def _ms(seconds):
+  return f"{seconds * 1e3:9.1f}"
+
+
+def report(jax_side, torch_side, threads, skip, loads, config):
+  """Prints the one table: per side compile, data and step medians (wall and CPU), ratio, projection."""
   import jax  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
   dev = jax.devices()[0]
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores; JAX backend "
-        f"{jax.default_backend()} ({dev.device_kind}), {jax.device_count()} device(s)")
-  if jax.default_backend() == "cpu":
-    print("no GPU/TPU here: these are CPU numbers (no accelerator was lent for this measurement)")
-  print(f"shapes: B={B}, regions={R}, features={F}, attributes={I}, classes={K}; RMSprop lr 1e-4, wd 1e-4")
-  j_step, j_eval, j_compile, j_loss = time_jax(args.steps)
-  print(f"JAX   train step {j_step * 1e3:8.2f} ms  eval batch {j_eval * 1e3:8.2f} ms  (compile {j_compile:.1f} s, "
-        f"loss {j_loss:.4f})")
-  j_total = projected(j_step, j_eval)
-  print(f"JAX   projected full AWA2 schedule ({AWA2_STEPS} steps + {AWA2_EVALS} evaluations of {AWA2_TEST_IMAGES} "
-        f"images): {j_total / 60:.1f} min")
-  if not args.no_torch:
-    t_step, t_eval, t_loss, threads = time_torch(args.steps)
-    print(f"torch train step {t_step * 1e3:8.2f} ms  eval batch {t_eval * 1e3:8.2f} ms  ({threads} threads, "
-          f"loss {t_loss:.4f})")
-    print(f"torch projected full AWA2 schedule: {projected(t_step, t_eval) / 60:.1f} min")
-    print(f"ratio torch/JAX: train step {t_step / j_step:.2f}x, eval batch {t_eval / j_eval:.2f}x")
-  if args.full:
-    wall = run_full_jax()
-    print(f"JAX   measured full AWA2 schedule on generated AWA2-sized features: {wall / 60:.1f} min")
+  f = jax_side.engine.trainer.dataset.features
+  print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; JAX {jax.__version__} on {jax.default_backend()} "
+        f"({dev.device_kind}); torch {torch.__version__} on CPU; load average (1 min) before {loads[0]:.2f}, "
+        f"after {loads[1]:.2f}")
+  print(f"shapes: batch {jax_side.batch_size} (batch_size {config.batch_size}, balanced sampler), regions "
+        f"{f.num_regions} x {f.feature_dim}, attributes {jax_side.engine.trainer.dataset.num_attributes}, classes "
+        f"{len(jax_side.engine.trainer.train_universe['classes'])}; RMSprop lr {config.optim.lr:g}, momentum "
+        f"{config.optim.momentum:g}, wd {config.optim.weight_decay:g}")
+  print(f"threads: {threads} per side (torch.set_num_threads({torch.get_num_threads()}), OMP_WAIT_POLICY="
+        f"{os.environ['OMP_WAIT_POLICY']}; XLA_FLAGS={os.environ['XLA_FLAGS']}); "
+        f"medians of {len(jax_side.steps.wall) - skip} alternating steps after {skip} warm-up")
+  print(f"{'side':<34}{'compile s':>10}{'data ms':>10}{'step ms':>10}{'step CPU ms':>12}{'CPU/wall':>9}{'loss':>9}")
+  totals = []
+  for name, side in (("zsl_jax (Engine.make_train_step)", jax_side), ("official DAZLE step (torch)", torch_side)):
+    wall, cpu = side.steps.median(skip)
+    data_wall, data_cpu = side.data.median(skip)
+    compile_s = f"{side.compile.wall[0]:10.1f}" if hasattr(side, "compile") else f"{'-':>10}"
+    print(f"{name:<34}{compile_s}{_ms(data_wall):>10}{_ms(wall):>10}{_ms(cpu):>12}{cpu / wall:9.2f}{side.loss:9.4f}")
+    totals.append((data_wall + wall, data_cpu + cpu))
+  (j_wall, j_cpu), (t_wall, t_cpu) = totals
+  c_wall, c_cpu = jax_side.compile.wall[0], jax_side.compile.cpu[0]
+  print(f"compile: XLA lower + compile of the engine's step {c_wall:.1f} s wall, {c_cpu:.1f} s CPU (torch: none)")
+  if min(j_cpu / j_wall, t_cpu / t_wall) < 0.8 * threads:
+    print(f"note: CPU/wall below {threads}: the process waited for free cores (see the load); compare CPU times")
+  print(f"ratio official/zsl_jax (framework: the same computation on both sides), data + step: wall "
+        f"{t_wall / j_wall:.2f}x, CPU {t_cpu / max(j_cpu, 1e-9):.2f}x")
+  j_steps = math.ceil(config.num_epochs * AWA2_TRAINVAL / config.batch_size)
+  print(f"projected full AWA2 schedule (steps x median data + step; evaluations not included): zsl_jax {j_steps} "
+        f"steps {j_steps * j_wall / 60:.1f} min wall ({j_steps * j_cpu / 60:.1f} min CPU), official {OFFICIAL_STEPS} "
+        f"steps {OFFICIAL_STEPS * t_wall / 60:.1f} min wall ({OFFICIAL_STEPS * t_cpu / 60:.1f} min CPU)")
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--threads", type=int, default=1, help="intra-op threads for each side (XLA and torch)")
+  p.add_argument("--steps", type=int, default=10, help="timed steps per side, after the warm-up")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+  p.add_argument("--dry-run", action="store_true", help="tiny shapes and 2 steps: checks the path in seconds")
+  args = p.parse_args(argv)
+  if args.threads < 1 or args.steps < 1 or args.warmup < 0:
+    p.error("--threads and --steps must be at least 1, --warmup at least 0")
+  if args.dry_run:
+    args.steps, args.warmup = 2, 1
+  limit_threads(args.threads)
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(args.threads)
+  with tempfile.TemporaryDirectory(prefix="dazle_step_") as tmp:
+    config = make_config(generate(os.path.join(tmp, "data"), TINY if args.dry_run else AWA2))
+    loads = [os.getloadavg()[0]]
+    jax_side = JaxSide(config, os.path.join(tmp, "work"))
+    torch_side = TorchSide(jax_side.engine.trainer, config)
+    for _ in range(args.warmup + args.steps):
+      jax_side.run_step()
+      torch_side.run_step()
+    loads.append(os.getloadavg()[0])
+    if args.dry_run:
+      print("dry run: tiny shapes, checks the path only; these figures measure nothing")
+    report(jax_side, torch_side, args.threads, args.warmup, loads, config)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,8 @@ def main(argv=None):
   ap.add_argument("--image_size", type=int, default=224, help="preprocessed side length")
   ap.add_argument("--repeats", type=int, default=3, help="timed passes per pipeline (the fastest is reported)")
   ap.add_argument("--root", default=None, help="reuse/keep the generated folder here (default: a temp dir)")
+  ap.add_argument("--no-torch", dest="no_torch", action="store_true",
+                  help="time the grain pipeline only (machines without torch, e.g. the GPU suite)")
   args = ap.parse_args(argv)
   size = tuple(int(v) for v in args.size.lower().split("x"))
   with tempfile.TemporaryDirectory() as tmp:
@@ -108,6 +110,8 @@ def main(argv=None):
       labels += [i] * len(files)
     runs = {"zsl_jax grain (LoadImage)": lambda: bench_grain(paths, labels, args.batch, args.threads, args.image_size),
             "torchvision ImageFolder+DataLoader": lambda: bench_torch(root, args.batch, args.threads, args.image_size)}
+    if args.no_torch:
+      runs.pop("torchvision ImageFolder+DataLoader")
     best = {}
     for rep in range(args.repeats + 1):  # Interleaved, so load from other processes hits both alike.
       for name, fn in runs.items():
@@ -118,7 +122,8 @@ def main(argv=None):
     print(f"{'pipeline':<36} {'images':>7} {'seconds':>8} {'img/s':>8} {'img/s/core':>11}")
     for name, n, sec, ips, ipc in rows:
       print(f"{name:<36} {n:>7} {sec:>8.2f} {ips:>8.1f} {ipc:>11.1f}")
-    print(f"ratio grain / torchvision (img/s per core): {rows[0][4] / rows[1][4]:.2f}")
+    if len(rows) > 1:
+      print(f"ratio grain / torchvision (img/s per core): {rows[0][4] / rows[1][4]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-r"""HGR-Net low-shot fine-tuning (Yi et al., ECCV 2022, Fig. 2): start from the zero-shot model, add k images per unseen class.
+r"""HGR-Net low-shot fine-tuning (Yi et al., ECCV 2022, supplement Fig. 2): start from the zero-shot model, add
+k images per unseen class.
 
   python -m zsl_jax.main --config=configs/hgr_rn50_lowshot.py:shots=5 --workdir=runs/hgr_ls5 \
       --config.init.checkpoint=runs/hgr_rn50 --config.data.hierarchy=... --config.data.index=...

@@ -198,4 +198,4 @@ def test_presets_and_config_errors():
     clip_lib.load({"fc.weight": np.zeros((10, 4), np.float32)})
   with pytest.raises(UserError, match="does not exist"):
     clip_lib.load("/nonexistent/clip.pt")
-  assert clip_lib.count_params(clip_lib.get_config("RN50")) == 102_007_137  # open_clip RN50 (jax_stack §9)
+  assert clip_lib.count_params(clip_lib.get_config("RN50")) == 102_007_137  # open_clip's RN50 count

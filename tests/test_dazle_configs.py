@@ -1,4 +1,4 @@
-"""DAZLE / VSMR recipes: the notebooks' hyperparameters (dazle_vsmr.md §1.6, §5.3) and clear errors."""
+"""DAZLE / VSMR recipes: the official notebooks' and scripts' hyperparameters, and clear errors."""
 import importlib
 
 import pytest

@@ -1,6 +1,6 @@
-"""DAZLE forward and loss vs a torch reference written from dazle_vsmr.md §1 (random weights).
+"""DAZLE forward and loss vs a torch reference written after the official `core/DAZLE.py` (random weights).
 
-The reference below follows the spec's equations with the official parameter names (V, W_1, W_2,
+The reference below follows its equations with the official parameter names (V, W_1, W_2,
 W_3, att, mask_bias, bias), so its state_dict has the official checkpoint layout and goes through
 `from_torch_state_dict` unchanged. W_2 and W_3 are non-zero so attention is not uniform.
 """
@@ -14,12 +14,12 @@ import torch.nn.functional as TF
 from zsl_jax.projects.attr.losses import dazle as dazle_loss
 from zsl_jax.projects.attr.models import dazle
 
-B, R, F, D, I, K = 6, 9, 32, 20, 11, 8
+B, R, F, D, NA, K = 6, 9, 32, 20, 11, 8
 SEEN, UNSEEN = np.array([0, 2, 3, 5, 6, 7]), np.array([1, 4])
 
 
 class TorchDAZLE(torch.nn.Module):
-  """§1.2-1.4 in torch, float64, official names and flags."""
+  """Parameters, forward and losses of the official model in torch, float64, official names and flags."""
 
   def __init__(self, w2v, att, seen, unseen, normalize_V, normalize_F, is_bias, uniform_att_1=False,
                uniform_att_2=False, is_sigmoid=False, non_linear_act=False, lam=0.1, conservative=True, feature_dim=F):
@@ -82,8 +82,8 @@ class TorchDAZLE(torch.nn.Module):
 def data():
   rng = np.random.default_rng(0)
   fmap = np.abs(rng.standard_normal((B, F, 3, 3)))
-  w2v = rng.standard_normal((I, D))
-  att = np.abs(rng.standard_normal((K, I)))
+  w2v = rng.standard_normal((NA, D))
+  att = np.abs(rng.standard_normal((K, NA)))
   labels = rng.choice(SEEN, B)
   return fmap, w2v, att, labels
 
@@ -93,7 +93,8 @@ def _rel(a, b):
   return np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
 
 
-CASES = [dict(normalize_V=nv, normalize_F=nf, is_bias=bias) for nv, nf, bias in itertools.product([True, False], repeat=3)]
+CASES = [dict(normalize_V=nv, normalize_F=nf, is_bias=bias)
+         for nv, nf, bias in itertools.product([True, False], repeat=3)]
 CASES += [dict(normalize_V=True, normalize_F=True, is_bias=True, uniform_att_2=True),
           dict(normalize_V=False, normalize_F=True, is_bias=True, uniform_att_1=True),
           dict(normalize_V=True, normalize_F=True, is_bias=True, is_sigmoid=True),
@@ -125,7 +126,7 @@ def test_zero_init_gives_uniform_attention(data):
   import jax  # pylint: disable=import-outside-toplevel
   fmap, _, att, _ = data
   feats = fmap.reshape(B, F, -1).transpose(0, 2, 1).astype(np.float32)
-  model = dazle.DAZLE(num_attributes=I, feature_dim=F, w2v_dim=D)
+  model = dazle.DAZLE(num_attributes=NA, feature_dim=F, w2v_dim=D)
   a, m = dazle.universe_inputs(att, np.arange(K), UNSEEN)
   variables = model.init(jax.random.PRNGKey(0), feats, a, m)
   out = model.apply(variables, feats)

@@ -43,8 +43,8 @@ def uninterrupted(tmp_path_factory):
 
 
 def _train_records(workdir):
-  return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()
-          if json.loads(l)["split"] == "train"]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [r for r in records if r["split"] == "train"]
 
 
 def test_sigkill_then_same_command_resumes_exactly(tmp_path, uninterrupted):

@@ -1,4 +1,4 @@
-"""The batched HGR-Net loss equals the reference's per-contrast loop (torch, written from spec §2.5).
+"""The batched HGR-Net loss equals the reference's per-contrast loop (torch, after the official `tree_model.py`).
 
 Same image features, prompt features and sampled negatives on both sides; loss and gradients
 (image features, prompt features, logit scale, adaptive θ) must agree to 1e-5 relative.
@@ -114,7 +114,8 @@ def test_batched_loss_and_grads_match_reference_loop(ratios, scheme):
   logit_scale = np.log(20.0)
 
   tf, tt = torch.tensor(feats, requires_grad=True), torch.tensor(text, requires_grad=True)
-  tls, tth = torch.tensor(logit_scale, requires_grad=True), torch.tensor(np.asarray(theta, np.float64), requires_grad=True)
+  tls = torch.tensor(logit_scale, requires_grad=True)
+  tth = torch.tensor(np.asarray(theta, np.float64), requires_grad=True)
   ref = _torch_reference(sampler, label, negatives, tf, tt, tls, tth, scheme, counts)
   ref.backward()
 

@@ -1,7 +1,7 @@
 """Full-model parity of the HGR-Net loss: the reference's per-contrast loop on open_clip RN50 (torch,
 random weights) vs zsl_jax's batched loss on the converted model, same images and negatives.
 
-The torch side is the official algorithm (spec §2.5): image features once, the text tower re-run
+The torch side is the official OM loop (`tree_model.py`): image features once, the text tower re-run
 for every (outer anchor, inner level) contrast, weighted cross-entropies summed. The JAX side
 encodes the step's unique prompts once and scores all contrasts as one tensor. Loss and gradients
 (every CLIP parameter, and θ for adaptive weights) must agree to 1e-5 relative in fp32. RN50 runs
@@ -117,7 +117,7 @@ def test_full_model_loss_and_gradients_match_reference(models, problem, ratios):
     loss_ref.backward()
     t1 = time.time()
 
-    def weighted(th, ce_values):
+    def weighted(th, ce_values, scheme=scheme):  # Bound now: the loop rebinds `scheme`.
       w = hgr.contrast_weights(scheme, c, th, counts)
       return jnp.sum(w * ce_values), w
 

@@ -21,7 +21,8 @@ def wn():
 
 def test_lexnames_resource_matches_wordnet_man_page():
   rows = (pathlib.Path(wordnet.__file__).parents[1] / "resources" / "lexnames").read_text().splitlines()
-  assert len(rows) == 45 and rows[0] == "00\tadj.all\t3" and rows[18] == "18\tnoun.person\t1" and rows[44] == "44\tadj.ppl\t3"
+  assert len(rows) == 45
+  assert rows[0] == "00\tadj.all\t3" and rows[18] == "18\tnoun.person\t1" and rows[44] == "44\tadj.ppl\t3"
   man = pathlib.Path("/usr/share/man/man5/lexnames.5WN.gz")
   if not man.exists():
     pytest.skip("wordnet-base man page not installed")

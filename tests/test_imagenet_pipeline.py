@@ -84,7 +84,7 @@ def test_eval_yields_every_valid_image_once_and_counts_3_skipped(demo, caplog):
       batches += 1
       assert b["image"].shape == (8, S, S, 3) and b["image"].dtype == np.float32 and b["label"].dtype == np.int32
       skipped += int(b["_skipped"].sum())
-      got += [(_digest(x), int(l)) for x, l, m in zip(b["image"], b["label"], b["_mask"]) if m]
+      got += [(_digest(x), int(label)) for x, label, m in zip(b["image"], b["label"], b["_mask"]) if m]
   assert skipped == 3
   assert len(got) == len(set(d for d, _ in got)) == len(expected)
   assert dict(got) == expected
@@ -107,8 +107,8 @@ def test_class_pure_batches_one_class_each_uniform_visits_and_padding(demo):
   assert sorted(counts) == sorted(h.indices(index.class_list("train")).tolist())
   assert set(counts.values()) == {2}  # 18 classes x 2 cycles: every class twice
   assert batchers.steps_per_epoch(index.labels(index.rows("train", "train")), 8) == 17 * 2 + 1
-  assert batchers.steps_for_epochs(index, 2, global_batch_size=8) == 70
-  assert batchers.steps_for_epochs(index, 1, global_batch_size=8, batcher="shuffled") == (17 * 10 + 3) // 8
+  train_labels = index.labels(index.rows("train", "train"))
+  assert batchers.steps_per_epoch(train_labels, 8, "shuffled") == (17 * 10 + 3) // 8
 
 
 def test_class_pure_hosts_share_the_class_and_split_its_images(demo):

@@ -12,7 +12,7 @@ CONFIG = "tests/toy_config.py"
 def test_unknown_config_key_fails_with_one_line(tmp_path):
   proc = cli.run_main(CONFIG, tmp_path, "--config.no_such_key=1", check=False)
   assert proc.returncode != 0
-  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
   assert len(lines) == 1, proc.stderr
   assert "no_such_key" in lines[0]
   assert not (tmp_path / "config.json").exists()

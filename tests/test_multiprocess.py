@@ -53,7 +53,7 @@ def test_two_processes_match_one_process(runs):
 
 def test_only_process_zero_writes_metrics(runs):
   _, multi = runs
-  lines = [json.loads(l) for l in (multi / "metrics.jsonl").read_text().splitlines()]
+  lines = [json.loads(line) for line in (multi / "metrics.jsonl").read_text().splitlines()]
   keys = [(r["split"], r["step"]) for r in lines]
   assert len(keys) == len(set(keys)) == 13  # 12 train steps + 1 evaluation, each written once.
   assert len(list((multi / "tensorboard").glob("events.out.tfevents.*"))) == 1

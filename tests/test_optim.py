@@ -110,9 +110,11 @@ def test_param_groups_different_optimizer_and_freeze():
     def __init__(self, ts):
       self.a, self.b = make(ts)
     def zero_grad(self):
-      self.a.zero_grad(); self.b.zero_grad()
+      self.a.zero_grad()
+      self.b.zero_grad()
     def step(self):
-      self.a.step(); self.b.step()
+      self.a.step()
+      self.b.step()
 
   ref = _run_torch(Both, params, targets, clip=[([2], 0.5)])
   np.testing.assert_allclose(out["theta"], ref["theta"], rtol=2e-5, atol=2e-6)

@@ -25,7 +25,7 @@ def _lemma_lines():
 def corpus():
   lines = _lemma_lines()
   assert len(lines) == 21844
-  lemmas = sorted({l.strip() for line in lines for l in line.split(",")} - {""})
+  lemmas = sorted({lemma.strip() for line in lines for lemma in line.split(",")} - {""})
   prompts = [t.format(name) for name in lemmas[::50] for t in templates.OPENAI_IMAGENET_TEMPLATES]
   return lines, lemmas, prompts
 

@@ -1,4 +1,4 @@
-"""VSMR parts: prototype losses vs a torch reference written from dazle_vsmr.md §5.3, masked attention,
+"""VSMR parts: prototype losses vs a torch reference after VSMR's `compute_total_loss`, masked attention,
 transductive refinement."""
 import jax
 import numpy as np
@@ -12,7 +12,7 @@ from zsl_jax.projects.attr.trainers.vsmr import refine_prototypes
 
 
 def _torch_losses(f, labels):
-  """§5.3 with torch.unique (sorted) batch classes and cosine similarities."""
+  """L_PS and L_PP with torch.unique (sorted) batch classes and cosine similarities."""
   classes = torch.unique(labels)
   protos = torch.stack([f[labels == c].mean(0) for c in classes])
   fn, pn = TF.normalize(f, dim=1), TF.normalize(protos, dim=1)
@@ -68,7 +68,7 @@ def test_transductive_refinement_hand_example():
 
 
 def test_semantic_losses_match_torch_mse():
-  """L_AP over the batch's classes and L_ED over seen classes (§5.4); `normalize_targets` regresses
+  """L_AP over the batch's classes and L_ED over seen classes; `normalize_targets` regresses
   prototypes rescaled to unit RMS per dimension, the reference regresses raw ones."""
   rng = np.random.default_rng(3)
   k, i, f = 6, 5, 16

@@ -13,7 +13,7 @@ from zsl_jax.projects.attr.data import demo as synthetic_zsl
 from zsl_jax.projects.attr.data import validation
 from zsl_jax.projects.attr.data import xlsa17
 
-# Shapes and split sizes of the real xlsa17 files (shared/data/README.md).
+# Shapes and split sizes of the real xlsa17 files (and DAZLE's 300-d word vectors).
 REAL = {"AWA2": (50, 85, 23527, 5882, 7913, 300), "CUB": (200, 312, 7057, 1764, 2967, 300),
         "SUN": (717, 102, 10320, 2580, 1440, 300)}
 

@@ -29,8 +29,8 @@ def test_retrain_on_trainval_uses_the_validation_selected_iterations(tmp_path):
 
 
 def test_retrain_needs_validation_selection(tmp_path):
-  proc = cli.run_main(CONFIG, tmp_path, "--config.zsl.retrain_on_trainval=True", "--config.zsl.select_on=test_reference",
-                      check=False)
+  proc = cli.run_main(CONFIG, tmp_path, "--config.zsl.retrain_on_trainval=True",
+                      "--config.zsl.select_on=test_reference", check=False)
   assert proc.returncode == 2
   assert "needs zsl.select_on='val'" in proc.stderr.strip().splitlines()[-1]
   assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing written

@@ -10,6 +10,7 @@ step as an argument); entries the target has but the disk lacks are an error.
 import os
 import pathlib
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -40,7 +41,6 @@ class Checkpointer:
   def save(self, step, state, data_iterator=None, config=None):
     items = {"state": ocp.args.PyTreeSave(state)}  # the PyTree handler restores partially (see below)
     if data_iterator is not None:
-      import grain  # pylint: disable=import-outside-toplevel
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
     if config is not None:
       items["config"] = ocp.args.JsonSave(config)
@@ -51,7 +51,6 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     items = {"state": _partial_restore_args(abstract_state)}
     if data_iterator is not None:
-      import grain  # pylint: disable=import-outside-toplevel
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     return _check_complete(restored["state"], self.directory / str(step)), step

@@ -11,6 +11,7 @@ import pathlib
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from zsl_jax import cli
@@ -97,7 +98,6 @@ def _write_config(config, workdir):
 
 def _setup_logging():
   """Our INFO lines on the console; library INFO chatter (Orbax logs every file it writes) hidden."""
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("zsl_jax").setLevel(logging.INFO)
 

@@ -1,10 +1,10 @@
 """The training loop's bookkeeping, apart from the engine that builds the state and the step.
 
 Per step: feed the jitted step one global batch, read its metrics one step late (so the host never
-stalls the device), log, checkpoint when due, run due evaluators, and stop cleanly on SIGTERM or
-SIGINT with a checkpoint. A NaN/Inf loss ends the run naming the last good checkpoint. After the
-last step, evaluators without a record at that step run once (a resumed, finished run does not
-repeat them).
+stalls the device), log them with the interval's throughput accounting (`chrono`), checkpoint when
+due, run due evaluators, and stop cleanly on SIGTERM or SIGINT with a checkpoint. A NaN/Inf loss
+ends the run naming the last good checkpoint. After the last step, evaluators without a record at
+that step run once (a resumed, finished run does not repeat them).
 """
 import json
 import logging
@@ -16,6 +16,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from zsl_jax import chrono as chrono_lib
 from zsl_jax import metrics as metrics_lib
 from zsl_jax import sharding
 from zsl_jax.errors import Preempted
@@ -97,6 +98,7 @@ class TrainLoop:
     self.evaluators = engine.build_evaluators()
     self.writer = None
     self.progress = None
+    self.chrono = chrono_lib.Chrono(engine.mesh.devices.size, engine.mesh.devices.flat[0].device_kind)
 
   def check_finite(self, step, measured):
     loss = float(measured["loss"])
@@ -111,10 +113,14 @@ class TrainLoop:
     host = jax.device_get(measured)
     self.check_finite(step, host)
     if force or step % self.log_every == 0:
-      self.writer.write(step, "train", host)
+      accounting = self.chrono.interval(step)
+      self.writer.write(step, "train", {**host, **accounting})
+      if self.progress is not None:
+        self.progress.set_postfix(chrono_lib.postfix(accounting), refresh=False)
 
   def save(self, step, state):
-    self.checkpointer.save(step, state, self.saveable_iter, self.config_json)
+    with self.chrono.paused():
+      self.checkpointer.save(step, state, self.saveable_iter, self.config_json)
     self.last_saved = step
 
   def run(self, state, data_iter):
@@ -145,10 +151,13 @@ class TrainLoop:
 
   def _steps(self, state, data_iter, step, stop):
     """The step loop proper: returns (state, last step) or raises Preempted / TrainingDiverged."""
-    train_step = self.engine.make_train_step()
+    train_step = chrono_lib.CompiledStep(self.engine.make_train_step(), self.chrono,
+                                         self.engine.mesh.devices.size, self.replicated_keys)
     pending = None  # (step, device metrics): read one step late so the host never stalls the device.
+    self.chrono.start(step)
     while step < self.total_steps:
-      batch = sharding.global_batch(next(data_iter), self.engine.mesh, self.replicated_keys)
+      with self.chrono.waiting():
+        batch = sharding.global_batch(next(data_iter), self.engine.mesh, self.replicated_keys)
       state, measured = train_step(state, batch)
       step += 1
       if pending is not None:
@@ -167,7 +176,9 @@ class TrainLoop:
                        stop.signum, step, self.checkpointer.directory)
         raise Preempted(128 + (stop.signum or signal.SIGTERM))
       if step != self.total_steps:
-        run_evaluators(self.evaluators, state, step, self.writer, names=due(self.evaluators, step))
+        with self.chrono.paused():
+          run_evaluators(self.evaluators, state, step, self.writer, names=due(self.evaluators, step))
+      self.chrono.tick()
     if pending is not None:
       self.record(*pending, force=True)
     return state, step

@@ -6,6 +6,7 @@ says how to build variables, how a batch becomes a loss, and where the batches c
 `Trainer.check_config` validates every config switch before anything is written or traced: the
 engine's here (`check_engine_config`), each method's in its subclass.
 """
+import jax
 import jax.numpy as jnp
 
 from zsl_jax import config_lib
@@ -18,7 +19,6 @@ COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def compute_dtype(config):
   """bfloat16 on GPU/TPU and float32 on CPU for "auto"; parameters always stay float32."""
-  import jax  # pylint: disable=import-outside-toplevel
   name = config.get("compute_dtype", "auto")
   if name == "auto":
     return jnp.bfloat16 if jax.default_backend() in ("gpu", "tpu") else jnp.float32

@@ -11,6 +11,8 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from zsl_jax.errors import UserError
+
 STAGE_SIZES = {"resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3), "resnet152": (3, 8, 36, 3)}
 
 
@@ -75,6 +77,5 @@ class ResNet(nn.Module):
 def resnet(arch="resnet101", **kwargs):
   """ResNet by torchvision name (resnet50 / resnet101 / resnet152)."""
   if arch not in STAGE_SIZES:
-    from zsl_jax.errors import UserError  # pylint: disable=import-outside-toplevel
     raise UserError(f"unknown architecture {arch!r}; use one of {', '.join(STAGE_SIZES)}")
   return ResNet(stage_sizes=STAGE_SIZES[arch], **kwargs)

@@ -7,6 +7,8 @@ inferred from the keys, so any torchvision Bottleneck ResNet (50/101/152 or a cu
 import os
 import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from zsl_jax.errors import UserError
@@ -87,8 +89,6 @@ def torchvision_to_flax(state, include_fc=False):
 
 def check_variables(model, variables, image_size=224):
   """Raises UserError if `variables` do not match `model`'s parameter tree (names and shapes)."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   want = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, image_size, image_size, 3)))
   want_flat = {jax.tree_util.keystr(p): v.shape for p, v in jax.tree_util.tree_leaves_with_path(want)}
   got_flat = {jax.tree_util.keystr(p): np.shape(v) for p, v in jax.tree_util.tree_leaves_with_path(variables)}

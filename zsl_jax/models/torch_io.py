@@ -28,7 +28,8 @@ _TORCH_MODULES = "torch.nn.modules."
 def _unreadable(path, what, error):
   """The one line for a file that is no torch/safetensors file at all (random bytes, cut short)."""
   text = str(error).split("WeightsUnpickler error:", 1)[-1]  # torch's advice before it is about pickles
-  lines = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("Check the documentation")]
+  lines = [line.strip() for line in text.splitlines()
+           if line.strip() and not line.strip().startswith("Check the documentation")]
   detail = lines[0][:100] if lines else "no details"
   return UserError(f"{path} is not a readable torch checkpoint or safetensors file ({type(error).__name__}: "
                    f"{detail}); the {what} is truncated or corrupt, or of another format: download or copy it again")

@@ -1,4 +1,5 @@
-"""`python -m zsl_jax.tools.build_hierarchy` (HGR-Net: hierarchy.json and class splits); the code lives in `zsl_jax.projects.hgr.tools.build_hierarchy`.
+"""`python -m zsl_jax.tools.build_hierarchy` (HGR-Net: hierarchy.json and class splits); the code lives in
+`zsl_jax.projects.hgr.tools.build_hierarchy`.
 
 `zsl_jax.tools` is the command layer: one short module per user command, above the core and the
 projects, so the commands stay the same wherever their code lives.

@@ -10,6 +10,8 @@ import sys
 
 from zsl_jax import cli
 from zsl_jax.errors import UserError
+from zsl_jax.models import clip as clip_lib
+from zsl_jax.models.clip import convert as clip_convert
 
 
 def parse_args(argv):
@@ -25,8 +27,6 @@ def parse_args(argv):
 
 def convert(input_path, output_dir, overwrite=False):
   """Converts and writes; returns the CLIPConfig."""
-  from zsl_jax.models import clip as clip_lib  # pylint: disable=import-outside-toplevel
-  from zsl_jax.models.clip import convert as clip_convert  # pylint: disable=import-outside-toplevel
   if os.path.exists(os.path.join(output_dir, clip_lib.CONFIG_FILE)) and not overwrite:
     raise UserError(f"{output_dir} already holds a converted CLIP; pass --overwrite or choose another OUTPUT")
   config, variables = clip_convert.convert(input_path)
@@ -35,7 +35,6 @@ def convert(input_path, output_dir, overwrite=False):
 
 
 def _run(args):
-  from zsl_jax.models import clip as clip_lib  # pylint: disable=import-outside-toplevel
   config = convert(args.input, args.output, args.overwrite)
   name = clip_lib.preset_name(config) or "custom"
   print(f"wrote {args.output}: CLIP {name} ({clip_lib.count_params(config):,} parameters)")

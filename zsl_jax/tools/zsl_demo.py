@@ -1,4 +1,5 @@
-"""`python -m zsl_jax.tools.zsl_demo` (attribute ZSL: write the generated demo benchmark); the code lives in `zsl_jax.projects.attr.data.demo`.
+"""`python -m zsl_jax.tools.zsl_demo` (attribute ZSL: write the generated demo benchmark); the code lives in
+`zsl_jax.projects.attr.data.demo`.
 
 `zsl_jax.tools` is the command layer: one short module per user command, above the core and the
 projects, so the commands stay the same wherever their code lives.

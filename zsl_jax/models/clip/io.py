@@ -11,6 +11,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from zsl_jax.errors import UserError
 from zsl_jax.models.clip import convert as clip_convert
@@ -26,7 +27,6 @@ _F32 = jnp.float32
 
 def save_converted(out_dir, config, variables):
   """Writes `<out_dir>/clip_config.json` and an Orbax checkpoint `<out_dir>/variables`."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   out_dir = os.path.abspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
   ckpt = ocp.StandardCheckpointer()
@@ -38,7 +38,6 @@ def save_converted(out_dir, config, variables):
 
 def load_converted(ckpt_dir):
   """Reads a directory written by `save_converted` (no torch) -> (config, variables)."""
-  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   ckpt_dir = os.path.abspath(ckpt_dir)
   try:
     with open(os.path.join(ckpt_dir, CONFIG_FILE), encoding="utf-8") as f:

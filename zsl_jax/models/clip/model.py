@@ -64,7 +64,7 @@ def _vit(embed, res, layers, width, patch, text_width, text_heads):
   return CLIPConfig(embed, res, layers, width, patch, 77, 49408, text_width, text_heads, 12)
 
 
-# The released OpenAI models (CLIP paper, Table 19/20; OpenAI's model cards).
+# The released OpenAI models (the CLIP paper's hyperparameter tables; OpenAI's model cards).
 PRESETS = {
     "RN50": _rn(1024, 224, (3, 4, 6, 3), 64, 512, 8),
     "RN101": _rn(512, 224, (3, 4, 23, 3), 64, 512, 8),
@@ -178,9 +178,9 @@ class CLIP(nn.Module):
     The transformer is causal and pools at the end-of-text token (the largest id), so the output
     does not depend on positions after it: callers may drop trailing padding (`truncate_tokens`).
     """
-    n, l = tokens.shape
-    x = self.token_embedding(tokens) + self.positional_embedding[:l].astype(self.dtype)  # [N, L, W]
-    x = self.transformer(x, tt.causal_mask(l))
+    n, seq_len = tokens.shape
+    x = self.token_embedding(tokens) + self.positional_embedding[:seq_len].astype(self.dtype)  # [N, L, W]
+    x = self.transformer(x, tt.causal_mask(seq_len))
     x = tt.ln_apply(self.ln_final, x)
     eot = jnp.argmax(tokens, axis=-1)  # [N]
     x = x[jnp.arange(n), eot]  # [N, W]

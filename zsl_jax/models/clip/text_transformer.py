@@ -41,21 +41,21 @@ class MultiheadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask=None):
-    b, l, d = x.shape  # [B, L, D]
+    b, seq_len, d = x.shape  # [B, L, D]
     head_dim = d // self.heads
     in_init = nn.initializers.normal(self.in_std or d ** -0.5)
     out_init = nn.initializers.normal(self.out_std or d ** -0.5)
     qkv = nn.Dense(3 * d, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=in_init,
                    bias_init=nn.initializers.zeros, name="in_proj")(x)  # [B, L, 3D]
     q, k, v = jnp.split(qkv, 3, axis=-1)
-    q = q.reshape(b, l, self.heads, head_dim) * (head_dim ** -0.5)
-    k = k.reshape(b, l, self.heads, head_dim)
-    v = v.reshape(b, l, self.heads, head_dim)
+    q = q.reshape(b, seq_len, self.heads, head_dim) * (head_dim ** -0.5)
+    k = k.reshape(b, seq_len, self.heads, head_dim)
+    v = v.reshape(b, seq_len, self.heads, head_dim)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)  # [B, H, L, L]
     if mask is not None:
       logits = jnp.where(mask, logits, -jnp.inf)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, l, d)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, seq_len, d)
     return nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=out_init,
                     bias_init=nn.initializers.zeros, name="out_proj")(out)
 

@@ -1,10 +1,11 @@
 """ZSL / GZSL metrics from class scores: per-class top-1, H, calibrated stacking and AUSUC.
 
 Pure numpy on host arrays so that DAZLE (scores with the ±1 margin) and VSMR (cosine to class
-prototypes) share one protocol (dazle_vsmr.md §3, §9.2). Calibrated stacking (Chao et al., 2016)
-subtracts γ from every seen-class score; γ = 0 is the model's own operating point. Each sample's
-prediction switches from its best seen class to its best unseen class at exactly one γ (the gap
-between the two maxima), so the whole seen/unseen curve is computed exactly by sorting the gaps.
+prototypes) share one protocol: per-class accuracy and H as in the official DAZLE code (VSMR's
+scripts report per-sample accuracy and no H). Calibrated stacking (Chao et al., 2016) subtracts γ
+from every seen-class score; γ = 0 is the model's own operating point. Each sample's prediction
+switches from its best seen class to its best unseen class at exactly one γ (the gap between the two
+maxima), so the whole seen/unseen curve is computed exactly by sorting the gaps.
 """
 import numpy as np
 

@@ -22,7 +22,7 @@ def data_config(dataset, demo=False):
       hdf5="", att_splits="", res101="", w2v="",  # explicit files (override root)
       in_memory=bool(demo),   # all region features in RAM (CUB, SUN, demo); AWA2 is ~15 GB
       clip_negative_att=dataset == "AWA2",  # the reference AWA2 loader zeroes negative attributes
-      sampler="balanced",     # balanced | uniform (dazle_vsmr.md §1.6)
+      sampler="balanced",     # balanced | uniform (the official notebooks' two samplers)
       val_seed=0,             # seeded parts of the validation split
       demo=bool(demo),
       demo_dir="~/.cache/zsl_jax/demo",
@@ -67,7 +67,7 @@ def rmsprop(momentum, weight_decay=1e-4, lr=1e-4, **overrides):
                                   rms_decay=0.99, eps=1e-8, **overrides)
 
 
-# The notebooks' per-dataset settings (dazle_vsmr.md §1.6): sampler, epochs, normalize_V, β off,
+# The official DAZLE notebooks' per-dataset settings: sampler, epochs, normalize_V, β off,
 # RMSprop momentum, and the evaluation interval (= one epoch of the trainval split).
 DAZLE_RECIPES = {
     "AWA2": dict(sampler="balanced", epochs=20, normalize_V=True, uniform_att_2=False, momentum=0.0, eval_every=470),
@@ -113,7 +113,7 @@ def dazle_config(dataset, demo):
   return c
 
 
-# VSMR (dazle_vsmr.md §5.3-5.5): AWA2 from AWA2_ours.py; CUB from CUB50_ours.py (a 50-class subset
+# VSMR (its code release): AWA2 from AWA2_ours.py; CUB from CUB50_ours.py (a 50-class subset
 # in the reference; here the full PS split); SUN has no reference script: AWA2's settings with
 # CUB's encoder size and top-k (our choice).
 VSMR_RECIPES = {

@@ -1,5 +1,6 @@
-"""ZSL / GZSL evaluation with model selection, shared by DAZLE and VSMR (dazle_vsmr.md §3, §9.1).
+"""ZSL / GZSL evaluation with model selection, shared by DAZLE and VSMR.
 
+The metrics are those of the official DAZLE code (`eval_zs_gzsl`: per-class accuracies and H).
 Every call scores the test split (`zsl_acc gzsl_seen gzsl_unseen gzsl_h ausuc` of this checkpoint)
 and, with `select_on='val'`, the validation split (val_* keys: train classes seen, validation
 classes pseudo-unseen). It keeps the evaluation whose selection criterion (validation H; test H in

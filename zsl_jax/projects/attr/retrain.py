@@ -1,4 +1,4 @@
-"""`zsl.retrain_on_trainval=True`: select on validation, retrain on trainval, test once (dazle_vsmr.md §9.1).
+"""`zsl.retrain_on_trainval=True`: select on validation, retrain on trainval, test once.
 
 The validation run (train split; validation classes as pseudo-unseen) picks an iteration count by
 validation H. A second run then trains from scratch on all seen classes (trainval) for exactly that

@@ -1,4 +1,5 @@
-"""The HGR-Net recipe (Yi et al., ECCV 2022, Sec. 4.1) as one function shared by the HGR configs.
+"""The HGR-Net recipe (Yi et al., ECCV 2022; the official README command and `main.py` defaults) as one
+function shared by the HGR configs.
 
 `configs/hgr_rn50.py`, `configs/hgr_rn50_lowshot.py` and `configs/clip_rn50_baseline.py` start from
 `hgr_config(arg)` and change what their row of the paper's tables needs.

@@ -36,7 +36,8 @@ class Evaluator(base.Evaluator):
     all_classes: class split over which TOR / POR pick their predictions (the reference's `all`).
     batch_size: global images per evaluation batch.
     prompt_batch: prompts encoded per text-tower call.
-    emulate_reference_loader: score the reference loader's duplicated subset instead (spec §4.4).
+    emulate_reference_loader: score the reference loader's duplicated subset instead
+      (`data.imagenet21k.reference_loader_rows`).
     tag: name used for the plot files.
     num_threads: image decoding threads.
   """

@@ -26,7 +26,7 @@ _MASKED = -1e9
 
 # --------------------------------------------------------------------------- level weights
 def loop_weights(scheme, depths, theta=None, level_counts=None, index_by="depth"):
-  """Weights of one loop's positions (spec §2.7); `depths` int [..., n_max] with -1 padding.
+  """Weights of one loop's positions (the official `tree_model.get_weights`); `depths` int [..., n_max], -1 padded.
 
   Position i = 0 is the first level of the loop (the finest in OM's loops). `adaptive` is
   softmax_i(100 ** theta[idx_i]) with idx = the level's depth (zsl_jax) or its loop position

@@ -1,6 +1,7 @@
 """HGR-Net's metrics: Hit@k over the test classes, and TOR / POR / path ratio over the hierarchy.
 
-Definitions (spec hgr_net.md §4.2), for an image of class y with root-first path
+Definitions (the official code's test in `main.py`: `hit_ratio`, `point_ratio`, `path_ratio`; the
+first two read as the paper's TOR and POR), for an image of class y with root-first path
 P(y) = (a_0, ..., a_{L-1} = y):
   Hit@k       y among the k highest-scoring test classes (pure zero-shot: only test classes rank).
   TOR         the top-1 over *all* classes is y or one of its ancestors on P(y).

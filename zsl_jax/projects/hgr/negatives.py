@@ -3,9 +3,10 @@
 For a class y the reference takes outer anchors a_k (y and its first ancestors, ratio K) and, for
 each, inner levels p_m of a_k's path (ratio M); every (k, m) pair contrasts the image batch with
 a_k's prompt and up to `num_negatives` nodes sampled around depth(p_m) by one of the strategies
-below (hgr_net.md §2). Sampling is seeded numpy, a pure function of (seed, step), so a resumed
-run draws the same negatives and every host computes the same contrasts without talking to the
-others. `dedupe_prompts` then reduces a step to its unique prompts, encoded once on device.
+below (the official `tree_model.get_contra`). Sampling is seeded numpy, a pure function of (seed,
+step), so a resumed run draws the same negatives and every host computes the same contrasts without
+talking to the others. `dedupe_prompts` then reduces a step to its unique prompts, encoded once on
+device.
 """
 import dataclasses
 import math
@@ -38,7 +39,7 @@ class Contrasts:
 
 
 class ContrastSampler:
-  """Host-side negative sampling over a class hierarchy (spec §2.5-2.8, with the zsl_jax fixes).
+  """Host-side negative sampling over a class hierarchy (the official `tree_model.py`, with the zsl_jax fixes).
 
   Args:
     paths: int32 [N, Lmax] root-first path of every node including itself, -1 padded.

@@ -14,9 +14,13 @@ attributes, and unseen classes are recognisable from their attribute vectors alo
 import csv
 import os
 
+import h5py
 import numpy as np
+from PIL import Image
+import scipy.io
 
 from zsl_jax import cli
+from zsl_jax.data.images import encode_jpeg
 from zsl_jax.errors import UserError
 from zsl_jax.projects.attr.data import word_vectors
 from zsl_jax.projects.attr.data.xlsa17 import check_dataset_name
@@ -25,7 +29,7 @@ from zsl_jax.projects.attr.data.xlsa17 import check_dataset_name
 # by it (zsl_jax.data.demo_cache), so every run then builds the new data instead of reusing the old.
 VERSION = 1
 
-# Stored-path prefixes of res101.mat `image_files` (dazle_vsmr.md §2.1) and the image folder
+# Stored-path prefixes of res101.mat `image_files` (the xlsa17 authors' machine) and the image folder
 # below the dataset root in the users' layout.
 _PREFIX = {"AWA2": "/BS/xian/work/data/Animals_with_Attributes2//JPEGImages",
            "CUB": "/BS/Deep_Fragments/work/MSc/CUB_200_2011/CUB_200_2011/images",
@@ -71,7 +75,6 @@ def _splits(rng, labels, seen, unseen, val_classes, test_seen_fraction):
 
 
 def _write_att_splits(path, att_binary_strength, class_names, locs):
-  import scipy.io  # pylint: disable=import-outside-toplevel
   original = att_binary_strength.T  # [I, K]
   att = original / np.maximum(np.linalg.norm(original, axis=0, keepdims=True), 1e-12)
   mat = {"att": att, "original_att": original, "allclasses_names": _cell(class_names)}
@@ -80,7 +83,6 @@ def _write_att_splits(path, att_binary_strength, class_names, locs):
 
 
 def _write_res101(path, labels, image_files, pooled):
-  import scipy.io  # pylint: disable=import-outside-toplevel
   labels = np.asarray(labels) + 1  # MATLAB 1-based, uint8/uint16 as in the xlsa17 files
   labels = labels.reshape(-1, 1).astype(np.uint8 if labels.max() < 256 else np.uint16)
   scipy.io.savemat(path, {"features": pooled, "labels": labels, "image_files": _cell(image_files)})
@@ -167,7 +169,6 @@ def _region_features(rng, labels, strength, feature_dim, regions, noise):
 
 def _write_hdf5(path, feats, grid, labels, locs, strength, w2v, class_names, attribute_names):
   """The DAZLE-layout feature file: feature_map [N, F, grid, grid] plus labels, locs, att, w2v_att, names."""
-  import h5py  # pylint: disable=import-outside-toplevel
   n, _, feature_dim = feats.shape
   att = strength / np.maximum(np.linalg.norm(strength, axis=1, keepdims=True), 1e-12)
   with h5py.File(path, "w") as f:
@@ -192,9 +193,6 @@ def make_demo_images(out_dir, dataset="AWA2", *, num_classes=4, num_unseen=1, im
   include a greyscale one, as real data does. Returns a dict with `images`, `att_splits`,
   `res101`, `labels`, `files` (absolute image paths in res101 order).
   """
-  from PIL import Image  # pylint: disable=import-outside-toplevel
-
-  from zsl_jax.data.images import encode_jpeg  # pylint: disable=import-outside-toplevel
   dataset = check_dataset_name(dataset)
   rng = np.random.default_rng(seed)
   root = os.path.join(out_dir, "images")

@@ -7,6 +7,7 @@ file into one `UserError` line.
 import os
 
 import numpy as np
+import scipy.io
 
 from zsl_jax.errors import UserError
 
@@ -23,7 +24,6 @@ def cellstr(cell):
 
 def loadmat(path, what, fix, variable_names=None):
   """scipy.io.loadmat with one error line per failure; `fix` says what to pass instead when absent."""
-  import scipy.io  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(path):
     raise UserError(f"{what} not found at {path}; {fix}")
   try:

@@ -1,11 +1,12 @@
 """DAZLE's region-feature files (`feature_map_ResNet_101_<DS>.hdf5`) and grain sources over them.
 
-The hdf5 holds `feature_map` [N, F, h, w] plus small arrays (labels, split locs, att, w2v_att),
-all 0-based and classes-major (dazle_vsmr.md §2). AWA2's file is ~15 GB, so `RegionFeatureSource`
-reads rows through h5py on demand; CUB and the demo fit in RAM with `in_memory=True`.
+The hdf5 holds `feature_map` [N, F, h, w] plus small arrays (labels, split locs, att, w2v_att), all
+0-based and classes-major. AWA2's file is ~15 GB, so `RegionFeatureSource` reads rows through h5py
+on demand; CUB and the demo fit in RAM with `in_memory=True`.
 """
 import os
 
+import h5py
 import numpy as np
 
 from zsl_jax.errors import UserError
@@ -15,7 +16,6 @@ _HDF5_KEYS = ("feature_map", "labels") + xlsa17.SPLIT_KEYS + ("att", "original_a
 
 
 def _open_hdf5(path):
-  import h5py  # pylint: disable=import-outside-toplevel
   if not os.path.isfile(path):
     raise UserError(f"feature file {path} not found; run `python -m zsl_jax.tools.extract_features` "
                     f"or pass the DAZLE feature_map_ResNet_101_<DS>.hdf5")
@@ -101,7 +101,6 @@ class RegionFeatureSource:
 
   def _dataset(self):
     if self._file is None or self._pid != os.getpid():
-      import h5py  # pylint: disable=import-outside-toplevel
       self._file = h5py.File(self.path, "r")
       self._pid = os.getpid()
     return self._file[self.key]

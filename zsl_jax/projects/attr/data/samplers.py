@@ -1,4 +1,4 @@
-"""DAZLE's training samplers (dazle_vsmr.md §1.6) on the core's sampling path.
+"""DAZLE's training samplers (those of the official notebooks) on the core's sampling path.
 
 "balanced": each batch draws min(#classes, B) classes without replacement, then B // that many
 images per class with replacement (AWA2: 40 classes x 1 = an effective batch of 40; SUN: 50 of

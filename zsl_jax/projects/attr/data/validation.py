@@ -1,4 +1,4 @@
-"""The class-disjoint model-selection split inside trainval (dazle_vsmr.md §9.1).
+"""The class-disjoint model-selection split inside trainval (`zsl.select_on='val'`, the default).
 
 Note on xlsa17 `train_loc`/`val_loc`: in the distributed AWA2 and SUN files they partition the
 seen-class images *including test_seen* (train_loc | val_loc == trainval_loc | test_seen_loc). They

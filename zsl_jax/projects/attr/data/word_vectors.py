@@ -1,10 +1,11 @@
 """Attribute word vectors: attribute names -> [I, D] vectors from any word-vector file.
 
-DAZLE's attention is driven by one semantic vector per attribute: the word vectors of the words
-of the attribute's cleaned name, summed (dazle_vsmr.md §2.3). The shipped DAZLE pickles were built
-from word2vec GoogleNews; users may bring any embedding (GloVe text, word2vec binary), so the
-readers here load only the words the attribute names need and report the ones the embedding lacks
-(the reference skipped them silently, leaving e.g. SUN's "man-made" an all-zero row).
+DAZLE's attention is driven by one semantic vector per attribute: the word vectors of the words of
+the attribute's cleaned name, summed (DAZLE's `extract_attribute_w2v_<DS>.py`). The shipped DAZLE
+pickles were built from word2vec GoogleNews; users may bring any embedding (GloVe text, word2vec
+binary), so the readers here load only the words the attribute names need and report the ones the
+embedding lacks (the reference skipped them silently, leaving e.g. SUN's "man-made" an all-zero
+row).
 """
 import csv
 import os

@@ -1,8 +1,8 @@
 """xlsa17 files (Xian et al.'s proposed split): `att_splits.mat`, `res101.mat` and their image paths.
 
-Conventions (dazle_vsmr.md §2): indices and labels are 1-based MATLAB values and `att` is
-attributes x classes; everything returned here is 0-based and classes-major. `DATASETS` names the
-three benchmarks every reader and the demo accept.
+Conventions of the files: indices and labels are 1-based MATLAB values and `att` is attributes x
+classes; everything returned here is 0-based and classes-major. `DATASETS` names the three
+benchmarks every reader and the demo accept.
 """
 import os
 

@@ -1,4 +1,4 @@
-"""DAZLE losses (dazle_vsmr.md §1.4): cross-entropy without the margin + λ · self-calibration.
+"""DAZLE losses (the official `core/DAZLE.py`): cross-entropy without the margin + λ · self-calibration.
 
 Kept apart from the model so the same functions score official-checkpoint outputs in the torch
 parity test and the trainer's batches. Class positions are those of the scored universe; `unseen`

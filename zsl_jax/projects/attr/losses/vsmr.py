@@ -1,4 +1,5 @@
-"""VSMR losses (dazle_vsmr.md §5.3-5.5): in-batch prototype losses, semantic autoencoder, BCE.
+"""VSMR losses (Zhang et al., JEI 2024, and its code release): in-batch prototype losses (L_PS, L_PP),
+semantic autoencoder (L_AP, L_ED), attribute BCE.
 
 Class positions index a fixed universe of K classes so shapes stay static under jit; classes
 absent from a batch are masked out of every sum.

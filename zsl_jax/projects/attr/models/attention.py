@@ -1,4 +1,4 @@
-"""The dense attribute attention DAZLE and VSMR share (dazle_vsmr.md §1.3, §5.2).
+"""The dense attribute attention DAZLE and VSMR share (the forward of each official `DAZLE.py`).
 
 Each attribute i has a semantic vector v_i (row of V [I, D]) and the learned maps W_j [D, F] turn
 it into a visual query v_i W_j [I, F]. Attention over regions uses W_2, the attribute weights use
@@ -48,7 +48,7 @@ def attend(queries, x, mask=None):
     queries: [I, F] (V W_2), scored against every region of x.
     x: region features [B, R, F].
     mask: optional bool [B, I]; absent attributes get ABSENT_LOGIT before the softmax (an explicit
-      mask instead of the VSMR reference's exact-zero test, §9.5), a zero map and a zero feature.
+      mask instead of the VSMR reference's exact-zero test), a zero map and a zero feature.
   Returns:
     (attention [B, I, R], attribute features h [B, I, F]).
   """

@@ -8,9 +8,9 @@ When they are not passed, the `constants` collection (written at init, or by
 `from_torch_state_dict`) supplies them, so `module.apply(variables, features)` matches the
 official model's `S_pp`.
 
-Equations follow dazle_vsmr.md §1.3 (code path of the official notebooks) plus the constructor
-options they use: normalize_V / normalize_F, the ±1 margin (`is_bias`), uniform attention
-ablations (`uniform_att_1`: α ≡ 1/R, `uniform_att_2`: β ≡ 1), `is_sigmoid` (sigmoid of the
+Equations follow the official `core/DAZLE.py` forward on the path the official notebooks take, plus
+the constructor options they use: normalize_V / normalize_F, the ±1 margin (`is_bias`), uniform
+attention ablations (`uniform_att_1`: α ≡ 1/R, `uniform_att_2`: β ≡ 1), `is_sigmoid` (sigmoid of the
 per-region attribute scores) and `non_linear_act` (ReLU of the pooled attribute scores).
 """
 import flax.linen as nn

@@ -1,10 +1,10 @@
-"""VSMR (Zhang et al., JEI 2024): DAZLE's attention gated by an attribute mask (dazle_vsmr.md §5).
+"""VSMR (Zhang et al., JEI 2024): DAZLE's attention gated by an attribute mask.
 
 Three parts, one module so that one checkpoint holds the whole method:
 - `visual`: DAZLE's dense attribute attention, restricted to the attributes the image is believed
   to have (mask M [B, I]: ground-truth class attributes > 0 in training, the attribute classifier
   at test). Absent attributes get logit -1000 before the softmax (an explicit mask instead of the
-  reference's exact-zero test, §9.5), their maps are zeroed, and their weights w = sigmoid(-1000)
+  reference's exact-zero test), their maps are zeroed, and their weights w = sigmoid(-1000)
   vanish. The image vector is f = Σ_i w_i h_i [B, F].
 - `attr_classifier`: Linear(F -> I) on the mean of the region features. With a frozen backbone this
   is exactly the reference's ResNet-101 with a new fc (torchvision's avgpool is that mean).

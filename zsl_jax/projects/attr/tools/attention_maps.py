@@ -16,17 +16,25 @@ import json
 import os
 import pathlib
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from PIL import Image
 
 from zsl_jax import cli
+from zsl_jax import engine
+from zsl_jax.data.images import decode_rgb
+from zsl_jax.data.transforms import center_crop
+from zsl_jax.data.transforms import imagenet_preprocess
+from zsl_jax.data.transforms import resize_shorter
 from zsl_jax.errors import UserError
+from zsl_jax.models import resnet
+from zsl_jax.models import resnet_convert
 
 
 def load_run(run, step=-1):
   """(trainer, variables) of a training workdir (its config.json and checkpoints)."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-
-  from zsl_jax import engine  # pylint: disable=import-outside-toplevel
   path = pathlib.Path(run) / "config.json"
   if not path.exists():
     raise UserError(f"{run} has no config.json; pass --run=<a zsl_jax training workdir>")
@@ -41,12 +49,6 @@ def load_run(run, step=-1):
 
 def image_features(images, weights, resolution=224):
   """Region features [N, R, 2048] and the preprocessed crops, through the JAX ResNet."""
-  import jax  # pylint: disable=import-outside-toplevel
-
-  from zsl_jax.data.images import decode_rgb  # pylint: disable=import-outside-toplevel
-  from zsl_jax.data.transforms import imagenet_preprocess  # pylint: disable=import-outside-toplevel
-  from zsl_jax.models import resnet  # pylint: disable=import-outside-toplevel
-  from zsl_jax.models import resnet_convert  # pylint: disable=import-outside-toplevel
   stages, variables = resnet_convert.load_torchvision_checkpoint(weights)
   model = resnet.ResNet(stage_sizes=stages, features_only=True)
   x = np.stack([imagenet_preprocess(decode_rgb(p)[0], resolution, resolution) for p in images])
@@ -57,16 +59,12 @@ def image_features(images, weights, resolution=224):
 
 def display_crop(path, resolution=224):
   """The resized + centre-cropped RGB image the features see (uint8 [S, S, 3])."""
-  from zsl_jax.data.images import decode_rgb  # pylint: disable=import-outside-toplevel
-  from zsl_jax.data.transforms import center_crop  # pylint: disable=import-outside-toplevel
-  from zsl_jax.data.transforms import resize_shorter  # pylint: disable=import-outside-toplevel
   img = center_crop(resize_shorter(decode_rgb(path)[0], resolution), resolution)
   return np.asarray(img, np.uint8)
 
 
 def explain(trainer, variables, feats):
   """Per image: predicted class, attention [I, R], β [I] and the per-attribute ranking score."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   uni = trainer.universe("test")
   classes = uni["classes"]
   if trainer.config.trainer == "dazle":
@@ -86,7 +84,6 @@ def render(path, crop, attention, beta, ranking, names, top, title):
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  from PIL import Image  # pylint: disable=import-outside-toplevel
   side = int(round(np.sqrt(attention.shape[-1])))
   order = np.argsort(-ranking)[:top]
   cols = min(top + 1, 4)

@@ -18,14 +18,31 @@ and counted; a missing image file is an error unless `--skip-missing` (then also
 import hashlib
 import logging
 import os
+import signal
 import sys
 
+import grain
+import h5py
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
+from tqdm import tqdm
 
 from zsl_jax import cli
+from zsl_jax.data import pipeline
+from zsl_jax.data.images import CorruptImageError
+from zsl_jax.data.images import decode_rgb
+from zsl_jax.data.transforms import imagenet_preprocess
 from zsl_jax.errors import UserError
+from zsl_jax.models import resnet_convert
+from zsl_jax.models.resnet import ResNet
+from zsl_jax.projects.attr.data import word_vectors
+from zsl_jax.projects.attr.data import xlsa17 as zb
 
-_LOG = logging.getLogger("zsl_jax.extract_features")
+logger = logging.getLogger(__name__)
 _DONE = "_done"
 
 
@@ -48,21 +65,17 @@ class _ImageSource:
     return len(self.paths)
 
   def __getitem__(self, i):
-    from zsl_jax.data.images import CorruptImageError  # pylint: disable=import-outside-toplevel
-    from zsl_jax.data.images import decode_rgb  # pylint: disable=import-outside-toplevel
-    from zsl_jax.data.transforms import imagenet_preprocess  # pylint: disable=import-outside-toplevel
     ok = True
     try:
       img, _ = decode_rgb(self.paths[i])
       x = imagenet_preprocess(img, self.resolution, self.resolution)
     except CorruptImageError as e:
-      _LOG.warning("undecodable image, writing zero features: %s", e)
+      logger.warning("undecodable image, writing zero features: %s", e)
       x, ok = np.zeros((self.resolution, self.resolution, 3), np.float32), False
     return {"image": x, "index": np.int64(self.rows[i]), "ok": np.bool_(ok)}
 
 
 def _create_output(path, n, feat_shape, meta, attrs, gzip_level):
-  import h5py  # pylint: disable=import-outside-toplevel
   tmp = path + ".creating"
   with h5py.File(tmp, "w") as f:
     f.create_dataset("feature_map", shape=(n,) + feat_shape, dtype=np.float32, compression="gzip",
@@ -81,7 +94,6 @@ def _create_output(path, n, feat_shape, meta, attrs, gzip_level):
 
 def _open_output(path, n, feat_shape, meta, attrs, gzip_level):
   """Opens (resume) or creates the output; returns the h5py file or None when already complete."""
-  import h5py  # pylint: disable=import-outside-toplevel
   if not os.path.exists(path):
     _create_output(path, n, feat_shape, meta, attrs, gzip_level)
   try:
@@ -126,11 +138,6 @@ def _runs(indices):
 
 def _build_forward(model, variables):
   """jit-compiled trunk with the batch sharded over a 1-D mesh of all local devices."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jax.sharding import AxisType  # pylint: disable=import-outside-toplevel
-  from jax.sharding import NamedSharding  # pylint: disable=import-outside-toplevel
-  from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
 
   devices = jax.local_devices()
   mesh = jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
@@ -153,7 +160,6 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
     gzip_level: 1 writes ~2x faster than h5py's default 4 for a ~5% larger file (rows are
       compressed on the host while the accelerator waits).
   """
-  from zsl_jax.projects.attr.data import xlsa17 as zb  # pylint: disable=import-outside-toplevel
   dataset = zb.check_dataset_name(dataset)
   images, xlsa17, weights, out = (os.fspath(p) for p in (images, xlsa17, weights, out))
   _check_options(resolution, dtype, batch_size)
@@ -170,7 +176,7 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
   f = _open_output(out, n, feat_shape, meta, attrs, gzip_level)
   stats = {"computed": 0, "already_done": n, "corrupt": [], "missing": [], "complete": True}
   if f is None:
-    _LOG.info("%s is already complete", out)
+    logger.info("%s is already complete", out)
     return stats
   try:
     todo = _rows_to_do(f, stats, max_images)
@@ -183,13 +189,12 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
   finally:
     f.close()
   if stats["corrupt"]:
-    _LOG.warning("%d undecodable images got zero features: %s", len(stats["corrupt"]), stats["corrupt"][:10])
+    logger.warning("%d undecodable images got zero features: %s", len(stats["corrupt"]), stats["corrupt"][:10])
   return stats
 
 
 def _check_options(resolution, dtype, batch_size):
   """Rejects bad numeric options before any file is read."""
-  import jax  # pylint: disable=import-outside-toplevel
   if resolution % 32 or resolution < 32:
     raise UserError(f"--resolution {resolution} must be a positive multiple of 32 (224 -> 7x7, 448 -> 14x14 regions)")
   if dtype not in ("float32", "bfloat16"):
@@ -201,8 +206,6 @@ def _check_options(resolution, dtype, batch_size):
 
 def _load_annotations(dataset, xlsa17, w2v):
   """(att_splits.mat, res101.mat, word vectors or None), checked against each other before any work starts."""
-  from zsl_jax.projects.attr.data import word_vectors  # pylint: disable=import-outside-toplevel
-  from zsl_jax.projects.attr.data import xlsa17 as zb  # pylint: disable=import-outside-toplevel
   splits = zb.load_att_splits(os.path.join(xlsa17, "att_splits.mat"))
   res = zb.load_res101(os.path.join(xlsa17, "res101.mat"))
   labels, n = res["labels"], res["labels"].size
@@ -222,7 +225,6 @@ def _load_annotations(dataset, xlsa17, w2v):
 
 def _image_paths(dataset, images, image_files, skip_missing):
   """Local paths in res101.mat order and a bool mask [N] of missing files (an error unless skip_missing)."""
-  from zsl_jax.projects.attr.data import xlsa17 as zb  # pylint: disable=import-outside-toplevel
   resolve = zb.resolve_image_layout(dataset, images, image_files)
   paths = [resolve(p) for p in image_files]
   missing = np.array([not os.path.isfile(p) for p in paths])
@@ -235,11 +237,6 @@ def _image_paths(dataset, images, image_files, skip_missing):
 
 def _load_trunk(weights, dtype, resolution):
   """(stage sizes, jitted forward, per-image feature shape (2048, h, w)) of the frozen ResNet trunk in `weights`."""
-  import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-
-  from zsl_jax.models import resnet_convert  # pylint: disable=import-outside-toplevel
-  from zsl_jax.models.resnet import ResNet  # pylint: disable=import-outside-toplevel
   stage_sizes, variables = resnet_convert.load_torchvision_checkpoint(weights)
   compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
   model = ResNet(stage_sizes=stage_sizes, features_only=True, dtype=compute)
@@ -264,17 +261,13 @@ def _write_missing(f, gone, paths, feat_shape, stats):
   if not gone.size:
     return
   for i in gone:
-    _LOG.warning("missing image, writing zero features: %s", paths[i])
+    logger.warning("missing image, writing zero features: %s", paths[i])
   _write_rows(f, gone, np.zeros((gone.size,) + feat_shape, np.float32))
   stats["missing"] = [paths[i] for i in gone]
 
 
 def _compute_rows(f, todo, paths, forward, stats, *, resolution, batch_size, num_workers, desc, progress):
   """Decodes the images of rows `todo` in grain threads and writes the trunk's features, one batch in flight."""
-  import grain  # pylint: disable=import-outside-toplevel
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-
-  from zsl_jax.data import pipeline  # pylint: disable=import-outside-toplevel
   source = _ImageSource([paths[i] for i in todo], todo, resolution)
   batches = pipeline.padded_eval_dataset(grain.MapDataset.source(source), batch_size, process_index=0,
                                          process_count=1)
@@ -341,7 +334,6 @@ def _parser():
 
 def _interrupt_on_sigterm():
   """Batch schedulers stop jobs with SIGTERM; turning it into KeyboardInterrupt closes the hdf5 cleanly."""
-  import signal  # pylint: disable=import-outside-toplevel
 
   def handler(signum, frame):  # pylint: disable=unused-argument
     raise KeyboardInterrupt

@@ -11,11 +11,14 @@ import argparse
 import json
 import sys
 
+import jax
 import numpy as np
 
 from zsl_jax import cli
 from zsl_jax.errors import UserError
 from zsl_jax.models import torch_io
+from zsl_jax.projects.attr.data import dataset as zsl_dataset
+from zsl_jax.projects.attr.models import dazle
 
 OPTION_FLAGS = ("normalize_V", "normalize_F", "is_bias", "uniform_att_1", "uniform_att_2", "is_sigmoid",
                 "non_linear_act")
@@ -41,9 +44,6 @@ def read_torch_state_dict(path):
 
 def convert(state_dict, seen_classes, unseen_classes, check=True, **options):
   """from_torch_state_dict plus a finiteness check of the scores on random non-negative features."""
-  import jax  # pylint: disable=import-outside-toplevel
-
-  from zsl_jax.projects.attr.models import dazle  # pylint: disable=import-outside-toplevel
   module, variables = dazle.from_torch_state_dict(state_dict, seen_classes=seen_classes,
                                                   unseen_classes=unseen_classes, **options)
   if check:
@@ -76,7 +76,6 @@ def _parser():
 
 
 def _run(args):
-  from zsl_jax.projects.attr.data import dataset as zsl_dataset  # pylint: disable=import-outside-toplevel
   if args.hdf5 is None and (args.att_splits is None or args.res101 is None):
     raise UserError("pass --hdf5, or --att-splits with --res101, to know the seen and unseen classes")
   ds = zsl_dataset.load_zsl_dataset(args.dataset, hdf5=args.hdf5, att_splits=args.att_splits, res101=args.res101)

@@ -13,6 +13,7 @@ import numpy as np
 
 from zsl_jax import cli
 from zsl_jax.errors import UserError
+from zsl_jax.projects.attr.data import word_vectors as wv
 
 
 def _parser():
@@ -32,7 +33,6 @@ def _parser():
 
 
 def _run(args):
-  from zsl_jax.projects.attr.data import word_vectors as wv  # pylint: disable=import-outside-toplevel
   if args.inspect:
     arr = wv.load_vector_array(args.inspect)
     zero = np.flatnonzero(~np.any(arr, axis=1))

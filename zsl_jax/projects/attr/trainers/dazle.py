@@ -1,10 +1,10 @@
 """DAZLE on the shared engine: data, class universes, sampler, loss, scoring for the evaluator.
 
 `ZSLTrainerBase` holds what DAZLE and VSMR share: loading the benchmark (or generating the demo),
-the class universes of model selection (dazle_vsmr.md §9.1) and the resumable samplers. A
-universe is the set of classes a model scores: with `zsl.select_on='val'` training uses the
-`train` images, the validation classes act as unseen (margin +bias, self-calibration) and the
-test-unseen classes never appear; the test universe is all seen + unseen classes.
+the class universes of model selection and the resumable samplers. A universe is the set of classes
+a model scores: with `zsl.select_on='val'` training uses the `train` images, the validation classes
+act as unseen (margin +bias, self-calibration) and the test-unseen classes never appear; the test
+universe is all seen + unseen classes.
 
 `eval_offer()` hands the gzsl evaluator the universes and the method's scoring function; the
 evaluator gets the step it scores from the engine, so nothing about it lives in the model state.
@@ -25,6 +25,7 @@ from zsl_jax.projects.attr.data import samplers as zsl_batchers
 from zsl_jax.projects.attr.data import xlsa17
 from zsl_jax.projects.attr.losses import dazle as dazle_losses
 from zsl_jax.projects.attr.models import dazle as dazle_model
+from zsl_jax.projects.attr.tools import import_dazle
 
 logger = logging.getLogger(__name__)
 
@@ -146,9 +147,9 @@ class Trainer(ZSLTrainerBase):
   def loss(self, variables, batch, rng, step):
     del rng
     out = self.model.apply(variables, batch["features"])
-    l = self.config.loss
-    total, parts = dazle_losses.dazle_loss(out, batch["label"], self.train_universe["unseen"], lam=l.lam,
-                                           loss_type=l.type, ce_over=l.ce_over)
+    loss_cfg = self.config.loss
+    total, parts = dazle_losses.dazle_loss(out, batch["label"], self.train_universe["unseen"], lam=loss_cfg.lam,
+                                           loss_type=loss_cfg.type, ce_over=loss_cfg.ce_over)
     acc = jnp.mean(jnp.argmax(out["scores"], -1) == batch["label"])
     return total, ({}, {**parts, "train_acc": acc})
 
@@ -161,7 +162,6 @@ class Trainer(ZSLTrainerBase):
 
   def load_init(self, path, abstract_variables):
     """An official DAZLE torch checkpoint (.pt/.pth/.tar) or its import_dazle .npz, with this run's classes."""
-    from zsl_jax.projects.attr.tools import import_dazle  # pylint: disable=import-outside-toplevel
     if not str(path).endswith((".pt", ".pth", ".tar", ".npz")):
       return None
     sd = import_dazle.read_torch_state_dict(path)

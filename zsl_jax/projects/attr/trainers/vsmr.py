@@ -1,4 +1,4 @@
-"""VSMR on the shared engine (dazle_vsmr.md §5, decisions §9.2 and §9.5).
+"""VSMR on the shared engine; README "VSMR: where the reference is incomplete" lists the choices made here.
 
 One run trains the three parts of the method side by side; their losses touch disjoint
 parameters, so the sum equals training them separately, except that the semantic autoencoder
@@ -74,8 +74,9 @@ class Trainer(dazle_trainer.ZSLTrainerBase):
   def init_variables(self, rng):
     f = self.dataset.features
     k = len(self.train_universe["classes"])
-    variables = self.model.init(rng, jnp.zeros((1, f.num_regions, f.feature_dim)),
-                                jnp.ones((1, self.dataset.num_attributes), bool), jnp.zeros((k, self.dataset.num_attributes)))
+    a = self.dataset.num_attributes
+    variables = self.model.init(rng, jnp.zeros((1, f.num_regions, f.feature_dim)), jnp.ones((1, a), bool),
+                                jnp.zeros((k, a)))
     w2v = np.asarray(self.dataset.w2v, np.float64)
     v0 = w2v / np.maximum(np.linalg.norm(w2v, axis=1, keepdims=True), 1e-12)
     params = dict(variables["params"])

@@ -72,9 +72,3 @@ def steps_per_epoch(labels, global_batch_size, batcher="class_pure"):
     return max(1, len(labels) // global_batch_size)
   counts = np.unique(labels, return_counts=True)[1]
   return int(np.ceil(counts / global_batch_size).sum())
-
-
-def steps_for_epochs(index, epochs, split="train", classes="train", *, global_batch_size, batcher="class_pure"):
-  """Configs state epochs; the engine counts steps. Rounds to at least one step."""
-  per_epoch = steps_per_epoch(index.labels(index.rows(split, classes)), global_batch_size, batcher)
-  return max(1, int(round(epochs * per_epoch)))

@@ -198,11 +198,6 @@ def make_demo(root, *, image_size=64, train_per_class=24, val_per_class=6, image
   return out
 
 
-def demo_names():
-  """{wnid: reference class name} for the demo classes (WordNet-free, checked against WordNet in tests)."""
-  return {w: n for w, n, _, _ in DEMO_TREE}
-
-
 def prepare_demo(root, *, seed=0, source="imagenet_xml", **kwargs):
   """make_demo + build_hierarchy + make_splits, built once into a keyed folder under `root`.
 

@@ -186,7 +186,7 @@ class LoadImage(grain.transforms.Map):
 
 
 def reference_loader_rows(rows, labels, batch_size=512, num_workers=12):
-  """The rows the reference test loader actually scores (hgr_net.md §4.4), repeats included.
+  """The rows the reference test loader actually scores, repeats included.
 
   The reference serves a class's batches j = 0..nb-1 (nb = ceil(n / 512)) from `num_workers`
   worker copies of per-class iterators; a copy advances only when its worker serves that class,
@@ -209,7 +209,7 @@ def eval_dataset(index, split, classes, global_batch_size, *, image_size=224, pr
   """Exact evaluation batches: every image once over all hosts, padded and masked.
 
   `emulate_reference_loader=True` instead scores the reference's duplicated subset
-  (`reference_loader_rows`; hgr_net.md §8 decision 5), to compare with published numbers.
+  (`reference_loader_rows`), to compare with published numbers.
 
   Returns:
     (MapDataset of batches {'image' [b, S, S, 3], 'label' [b], '_mask' [b], '_skipped' [b]},

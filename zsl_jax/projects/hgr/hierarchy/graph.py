@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from zsl_jax.errors import UserError
+from zsl_jax.projects.hgr.hierarchy import wordnet
 
 ROOT = "fall11"
 MISC = "fa11misc"
@@ -135,7 +136,6 @@ def graph_from_wordnet(wn, universe):
   hypernyms outside it); nodes without any hang off the root. Children are in WNID order.
   WNIDs that are not WordNet 3.0 nouns are skipped (`graph.missing` lists them).
   """
-  from zsl_jax.projects.hgr.hierarchy import wordnet  # pylint: disable=import-outside-toplevel
   universe = sorted(set(universe))
   uset = set(universe)
   near = {}
@@ -255,8 +255,8 @@ class Hierarchy:
 
   def save(self, path):
     """One JSON file: node order, names, parents, ancestor paths and build metadata."""
-    data = {"format": "zsl_jax.hierarchy/1", "wnids": self.wnids, "names": self.names,
-            "parents": self.parents, "ancestor_path": self.ancestor_path, "root_children": self.root_children, "meta": self.meta,
+    data = {"format": "zsl_jax.hierarchy/1", "wnids": self.wnids, "names": self.names, "parents": self.parents,
+            "ancestor_path": self.ancestor_path, "root_children": self.root_children, "meta": self.meta,
             "stats": self.stats()}
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(path).write_text(json.dumps(data))
@@ -266,7 +266,8 @@ class Hierarchy:
     try:
       data = json.loads(pathlib.Path(path).read_text())
     except (OSError, ValueError) as e:
-      raise UserError(f"cannot read hierarchy {path}: {e}; build it with python -m zsl_jax.tools.build_hierarchy") from e
+      raise UserError(f"cannot read hierarchy {path}: {e}; "
+                      "build it with python -m zsl_jax.tools.build_hierarchy") from e
     if data.get("format") != "zsl_jax.hierarchy/1":
       raise UserError(f"{path} is not a zsl_jax hierarchy file; build it with python -m zsl_jax.tools.build_hierarchy")
     return cls(data["wnids"], data["names"], data["parents"], data["ancestor_path"], data.get("meta"),

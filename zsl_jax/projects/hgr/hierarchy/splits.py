@@ -21,6 +21,7 @@ import os
 import pathlib
 
 import numpy as np
+from tqdm import tqdm
 
 from zsl_jax.errors import UserError
 
@@ -53,7 +54,7 @@ def read_wnid_list(path):
     raise UserError(f"cannot read class list {path}: {e}; pass an existing file") from e
   if text.lstrip().startswith("["):
     return list(json.loads(text))
-  return [l.split()[0] for l in text.splitlines() if l.strip() and not l.lstrip().startswith("#")]
+  return [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def read_testsets(path):
@@ -123,7 +124,6 @@ def scan_class_dirs(root, wnids, workers=32, desc=None):
   Network filesystems are latency-bound, so many directories are listed at once. Missing
   class directories map to None.
   """
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   root = pathlib.Path(root)
   if not root.is_dir():
     raise UserError(f"image root {root} is not a directory; pass the folder holding <wnid>/ subfolders")

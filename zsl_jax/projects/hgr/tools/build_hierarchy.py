@@ -17,6 +17,7 @@ from zsl_jax import cli
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr.hierarchy import graph as graph_lib
 from zsl_jax.projects.hgr.hierarchy import splits as splits_lib
+from zsl_jax.projects.hgr.hierarchy import wordnet
 
 
 def build(source, testsets, winter21, *, xml=None, universe=None, p_list=None, names="wordnet", wordnet_path=None):
@@ -38,7 +39,6 @@ def build(source, testsets, winter21, *, xml=None, universe=None, p_list=None, n
       raise UserError("--source imagenet_xml needs --xml structure_released.xml (or use --source wordnet)")
     g = graph_lib.graph_from_imagenet_xml(xml)
   elif source == "wordnet":
-    from zsl_jax.projects.hgr.hierarchy import wordnet  # pylint: disable=import-outside-toplevel
     wn = wordnet.load_wordnet(wordnet_path)
     uni = splits_lib.read_wnid_list(universe) if universe else sorted({w for v in ts.values() for w in v})
     g = graph_lib.graph_from_wordnet(wn, uni)
@@ -53,7 +53,6 @@ def build(source, testsets, winter21, *, xml=None, universe=None, p_list=None, n
       raise UserError("--names xml needs --source imagenet_xml; use --names wordnet")
     names_fn = lambda w: (g.words.get(w) or w).split(",")[0].strip()
   elif names == "wordnet":
-    from zsl_jax.projects.hgr.hierarchy import wordnet  # pylint: disable=import-outside-toplevel
     wn = wn or wordnet.load_wordnet(wordnet_path)
     names_fn = lambda w: wordnet.class_name(wn, w)
   else:
@@ -83,13 +82,15 @@ def report(h, cs):
   lines = ["class splits: " + ", ".join(f"{k} {v:,}" for k, v in splits_lib.split_counts(cs).items())]
   st = h.stats()
   lines.append(f"hierarchy: {st['num_classes']:,} classes, depths 0..{st['max_depth']}, per depth "
-               f"{st['nodes_per_depth']}, {st['multi_parent_nodes']} multi-parent, {st['root_children']} under the root")
+               f"{st['nodes_per_depth']}, {st['multi_parent_nodes']} multi-parent, "
+               f"{st['root_children']} under the root")
   shared = h.shared_names()
   lines.append(f"{len(shared)} class names are shared by several classes (identical prompts), e.g. "
                + "; ".join(f"{n!r}: {len(ws)}" for n, ws in list(shared.items())[:5]))
   cut = h.meta.get("truncated_names")
   if cut:
-    lines.append(f"{len(cut)} names truncated at a '.' by the reference rule: " + ", ".join(f"{w} {n}" for w, n in cut.items()))
+    lines.append(f"{len(cut)} names truncated at a '.' by the reference rule: "
+                 + ", ".join(f"{w} {n}" for w, n in cut.items()))
   return "\n".join(lines)
 
 

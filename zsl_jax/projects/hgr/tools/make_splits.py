@@ -26,7 +26,8 @@ def make(hierarchy_dir, roots, out, seed=0, workers=32, overwrite=False):
   try:
     cs = json.loads((hdir / "class_splits.json").read_text())
   except (OSError, ValueError) as e:
-    raise UserError(f"cannot read {hdir / 'class_splits.json'} ({e}); run python -m zsl_jax.tools.build_hierarchy first") from e
+    raise UserError(f"cannot read {hdir / 'class_splits.json'} ({e}); "
+                    "run python -m zsl_jax.tools.build_hierarchy first") from e
   cs.pop("counts", None)
   return splits_lib.build_index(out, h, cs, roots, seed=seed, workers=workers, overwrite=overwrite)
 

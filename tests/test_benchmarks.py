@@ -1,0 +1,71 @@
+"""The benchmark scripts run end to end at toy sizes (--dry-run) and print their tables.
+
+One section per script. They run as subprocesses: each script sets its own XLA / OpenMP thread
+limits before importing jax or torch, which an in-process call could not do.
+"""
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(*args):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # The script sets its own.
+  out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout
+
+
+def numbers(line):
+  return [float(v) for v in re.findall(r"(?<![\w.])-?\d+\.\d+(?![\w.])", line)]
+
+
+# ------------------------------------------------------------------ benchmarks/hgr_step.py
+@pytest.mark.slow
+def test_hgr_step_dry_run_prints_side_by_side_table():
+  out = run_script("benchmarks/hgr_step.py", "--dry-run")
+  rows = {name: next((line for line in out.splitlines() if line.startswith(name)), None)
+          for name in ("zsl_jax engine step", "zsl_jax step, bucket padding removed", "official recipe (torch")}
+  assert all(rows.values()), out
+  for name, line in rows.items():
+    cpu, wall, ratio = numbers(line)[:3]
+    assert cpu > 0 and wall > 0, line
+    assert ratio <= 1.3, f"{name}: CPU time {cpu} s over wall {wall} s breaks the 1-thread limit"
+  assert re.search(r"encodes \d+ unique prompts padded to 64 rows", out), out
+  ratios = [line for line in out.splitlines() if line.startswith("ratio ")]
+  assert len(ratios) == 2 and "algorithm + framework" in ratios[1] and "padding only" in ratios[0], out
+
+
+@pytest.mark.slow
+def test_hgr_step_aot_dry_run_prints_bucket_table():
+  out = run_script("benchmarks/hgr_step.py", "--aot", "--dry-run")
+  assert "Sampler replay: the trainer's AddContrasts" in out and "Projection: H100 time" in out, out
+  lines = out.splitlines()
+  head = next(i for i, line in enumerate(lines) if line.strip().startswith("bucket") and "fits80" in line)
+  row = lines[head + 1].split()
+  assert re.fullmatch(r"\d+x\d+", row[0]) and row[7] in ("yes", "NO"), lines[head + 1]
+  step_tf, text_tf, image_tf = (float(v) for v in row[2:5])
+  assert step_tf >= text_tf >= 0 and step_tf >= image_tf >= 0
+  assert float(row[9]) > 0  # per-device FLOPs on 8 devices over the 1-device FLOPs / 8
+  assert re.search(r"official recipe .* = \d+\.\d+ TF per step", out), out
+
+
+# ------------------------------------------------------------------ benchmarks/dazle_step.py
+def test_dazle_step_dry_run_prints_side_by_side_table():
+  out = run_script("benchmarks/dazle_step.py", "--dry-run")
+  lines = out.splitlines()
+  assert any(line.startswith("threads: 1 per side") and "OMP_WAIT_POLICY=PASSIVE" in line for line in lines), out
+  rows = {name: next((line for line in lines if line.startswith(name)), None)
+          for name in ("zsl_jax (Engine.make_train_step)", "official DAZLE step (torch)")}
+  assert all(rows.values()), out
+  for line in rows.values():
+    step_ms, cpu_ms, cpu_per_wall, loss = numbers(line)[-4:]
+    assert step_ms > 0 and cpu_ms > 0 and 0 < cpu_per_wall <= 1.3 and loss > 0, line
+  ratio = next(line for line in lines if line.startswith("ratio "))
+  assert "framework: the same computation on both sides" in ratio and re.search(r"CPU \d+\.\d+x", ratio), ratio
+  assert any(line.startswith("projected full AWA2 schedule") for line in lines), out
