@@ -110,22 +110,20 @@ class Chrono:
     self._last = self._tick = self._mark()
 
   @contextlib.contextmanager
+  def _adding_to(self, attr):
+    t0 = self.clock()
+    try:
+      yield
+    finally:
+      setattr(self, attr, getattr(self, attr) + self.clock() - t0)
+
   def waiting(self):
     """Time blocked on the input iterator and host->device batch assembly."""
-    t0 = self.clock()
-    try:
-      yield
-    finally:
-      self._wait += self.clock() - t0
+    return self._adding_to("_wait")
 
-  @contextlib.contextmanager
   def paused(self):
     """Time left out of the step time (checkpoints, evaluators, compiles)."""
-    t0 = self.clock()
-    try:
-      yield
-    finally:
-      self._paused += self.clock() - t0
+    return self._adding_to("_paused")
 
   def compiled(self, seconds):
     self._compile += seconds
