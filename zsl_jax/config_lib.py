@@ -105,7 +105,7 @@ def optim_config(**overrides):
 def base_config():
   """Fields the engine reads; trainers add their own sub-dicts (`data`, `model`, ...)."""
   c = ml_collections.ConfigDict()
-  c.trainer = ""             # module zsl_jax.trainers.<trainer> (or a dotted module path)
+  c.trainer = ""             # a short name from zsl_jax/projects/__init__.py, or a dotted module path
   c.mode = "train"           # train | eval (MODES)
   c.seed = 0
   c.total_steps = 0          # > 0 wins over num_epochs

@@ -1,6 +1,6 @@
-"""What a method supplies to the shared engine.
+"""Base class of every method's Trainer (the contract is `zsl_jax.contracts.Trainer`).
 
-A trainer module `zsl_jax.trainers.<name>` exposes `Trainer(config, mesh)`; the engine owns
+The module `config.trainer` names (e.g. `zsl_jax.projects.hgr.trainer`) exposes `Trainer(config, mesh)`; the engine owns
 everything else (sharding, optimizer, jit, checkpoints, metrics, evaluators). The trainer only
 says how to build variables, how a batch becomes a loss, and where the batches come from.
 `Trainer.check_config` validates every config switch before anything is written or traced: the
