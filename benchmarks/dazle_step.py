@@ -10,11 +10,19 @@ AWA2-shaped benchmark written by the project's demo generator (50 classes, 40 se
 49 x 2048 regions, 300-d attribute vectors) and held in memory. Torch side: the official DAZLE
 forward, CE over all classes + 0.1 x self-calibration and torch.optim.RMSprop (the torch reference
 of tests/test_dazle_parity.py, in float32), on the same in-memory features in the official [N, 2048,
-7, 7] layout and batches drawn by the same balanced rule. The ratio compares frameworks: the same
-computation on both sides. Both sides get the same threads: torch.set_num_threads(N) with
-OMP_WAIT_POLICY=PASSIVE, XLA's CPU client limited to N intra-op threads; the table shows CPU time
-beside wall time (CPU/wall near N confirms it). Steps alternate between the sides so that a change
-of machine load hits both alike. Compile time is reported apart from the per-step medians.
+7, 7] layout and batches drawn by the same balanced rule. Both sides compute the same loss,
+gradients and update; each orders its contractions its own way (zsl_jax: one GEMM of region scores,
+the cheaper of V W or x W^T first, see zsl_jax/projects/attr/models/attention.py; torch: the
+official einsums). The ratio is printed for data + step and for the step alone. Both sides get the
+same threads: torch.set_num_threads(N) with OMP_WAIT_POLICY=PASSIVE, XLA's CPU client limited to N
+intra-op threads; the table shows CPU time beside wall time (CPU/wall near N confirms it). Steps
+alternate between the sides so that a change of machine load hits both alike. Compile time is
+reported apart from the per-step medians.
+
+VSMR row: configs/vsmr_awa2.py's engine step (visual branch on the same attention core, attribute
+classifier, semantic autoencoder) on the same files and batch (batch_size 50 -> 40 images instead of
+the recipe's 2000); zsl_jax only, as no torch VSMR reference is shipped. Timed after the DAZLE pair,
+once its iterator is closed (each read-ahead buffer can hold GBs of batches). `--no-vsmr` leaves it out.
 """
 import argparse
 import importlib
@@ -52,9 +60,10 @@ def limit_threads(n):
   os.environ["XLA_FLAGS"] = " ".join(flags)
 
 
-def make_config(files):
-  """configs/dazle_awa2.py on the generated files: in memory, trained as the notebook (trainval, K = 50)."""
-  config = importlib.import_module("configs.dazle_awa2").get_config()
+def make_config(files, name="dazle_awa2"):
+  """configs/<name>.py on the generated files: in memory, trained as the notebook (trainval, K = 50)."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config.batch_size = 50  # DAZLE's recipe; VSMR's 2000 (40 x 50 images) would need a far larger benchmark
   config.data.update(hdf5=files["hdf5"], att_splits=files["att_splits"], res101=files["res101"], w2v=files["w2v"],
                      in_memory=True, demo=False)
   config.zsl.select_on = "test_reference"  # the notebooks' protocol: 40 seen training classes, 10 unseen
@@ -107,6 +116,10 @@ class JaxSide:
     batch = self.data(self.global_batch)  # {'features' [B, R, F], 'label' [B], 'index' [B]}
     self.state, measured = self.steps(self._step, batch)
     self.loss = float(measured["loss"])
+
+  def close(self):
+    """Stops the iterator's read-ahead threads and frees their buffered batches."""
+    getattr(self.data_iter, "close", lambda: None)()
 
 
 class TorchSide:
@@ -165,7 +178,7 @@ def _ms(seconds):
   return f"{seconds * 1e3:9.1f}"
 
 
-def report(jax_side, torch_side, threads, skip, loads, config):
+def report(jax_side, torch_side, threads, skip, loads, config, vsmr_side=None):
   """Prints the one table: per side compile, data and step medians (wall and CPU), ratio, projection."""
   import jax  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
@@ -182,20 +195,26 @@ def report(jax_side, torch_side, threads, skip, loads, config):
         f"{os.environ['OMP_WAIT_POLICY']}; XLA_FLAGS={os.environ['XLA_FLAGS']}); "
         f"medians of {len(jax_side.steps.wall) - skip} alternating steps after {skip} warm-up")
   print(f"{'side':<34}{'compile s':>10}{'data ms':>10}{'step ms':>10}{'step CPU ms':>12}{'CPU/wall':>9}{'loss':>9}")
-  totals = []
-  for name, side in (("zsl_jax (Engine.make_train_step)", jax_side), ("official DAZLE step (torch)", torch_side)):
+  totals, steps = [], []
+  rows = [("zsl_jax (Engine.make_train_step)", jax_side), ("official DAZLE step (torch)", torch_side)]
+  if vsmr_side:
+    rows.append((f"zsl_jax VSMR (Engine, batch {vsmr_side.batch_size})", vsmr_side))
+  for name, side in rows:
     wall, cpu = side.steps.median(skip)
     data_wall, data_cpu = side.data.median(skip)
     compile_s = f"{side.compile.wall[0]:10.1f}" if hasattr(side, "compile") else f"{'-':>10}"
     print(f"{name:<34}{compile_s}{_ms(data_wall):>10}{_ms(wall):>10}{_ms(cpu):>12}{cpu / wall:9.2f}{side.loss:9.4f}")
     totals.append((data_wall + wall, data_cpu + cpu))
-  (j_wall, j_cpu), (t_wall, t_cpu) = totals
+    steps.append((wall, cpu))
+  (j_wall, j_cpu), (t_wall, t_cpu) = totals[:2]
+  (js_wall, js_cpu), (ts_wall, ts_cpu) = steps[:2]
   c_wall, c_cpu = jax_side.compile.wall[0], jax_side.compile.cpu[0]
   print(f"compile: XLA lower + compile of the engine's step {c_wall:.1f} s wall, {c_cpu:.1f} s CPU (torch: none)")
   if min(j_cpu / j_wall, t_cpu / t_wall) < 0.8 * threads:
     print(f"note: CPU/wall below {threads}: the process waited for free cores (see the load); compare CPU times")
-  print(f"ratio official/zsl_jax (framework: the same computation on both sides), data + step: wall "
-        f"{t_wall / j_wall:.2f}x, CPU {t_cpu / max(j_cpu, 1e-9):.2f}x")
+  print(f"ratio official/zsl_jax (framework: the same computation on both sides, each in its own contraction "
+        f"order), data + step: wall {t_wall / j_wall:.2f}x, CPU {t_cpu / max(j_cpu, 1e-9):.2f}x; step alone: wall "
+        f"{ts_wall / js_wall:.2f}x, CPU {ts_cpu / max(js_cpu, 1e-9):.2f}x")
   j_steps = math.ceil(config.num_epochs * AWA2_TRAINVAL / config.batch_size)
   print(f"projected full AWA2 schedule (steps x median data + step; evaluations not included): zsl_jax {j_steps} "
         f"steps {j_steps * j_wall / 60:.1f} min wall ({j_steps * j_cpu / 60:.1f} min CPU), official {OFFICIAL_STEPS} "
@@ -208,6 +227,7 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=10, help="timed steps per side, after the warm-up")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
   p.add_argument("--dry-run", action="store_true", help="tiny shapes and 2 steps: checks the path in seconds")
+  p.add_argument("--no-vsmr", action="store_true", help="leave out the VSMR row")
   args = p.parse_args(argv)
   if args.threads < 1 or args.steps < 1 or args.warmup < 0:
     p.error("--threads and --steps must be at least 1, --warmup at least 0")
@@ -217,17 +237,24 @@ def main(argv=None):
   import torch  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(args.threads)
   with tempfile.TemporaryDirectory(prefix="dazle_step_") as tmp:
-    config = make_config(generate(os.path.join(tmp, "data"), TINY if args.dry_run else AWA2))
+    files = generate(os.path.join(tmp, "data"), TINY if args.dry_run else AWA2)
+    config = make_config(files)
     loads = [os.getloadavg()[0]]
     jax_side = JaxSide(config, os.path.join(tmp, "work"))
     torch_side = TorchSide(jax_side.engine.trainer, config)
     for _ in range(args.warmup + args.steps):
       jax_side.run_step()
       torch_side.run_step()
+    jax_side.close()
+    vsmr_side = None if args.no_vsmr else JaxSide(make_config(files, "vsmr_awa2"), os.path.join(tmp, "work_vsmr"))
+    for _ in range(0 if args.no_vsmr else args.warmup + args.steps):
+      vsmr_side.run_step()
+    if vsmr_side:
+      vsmr_side.close()
     loads.append(os.getloadavg()[0])
     if args.dry_run:
       print("dry run: tiny shapes, checks the path only; these figures measure nothing")
-    report(jax_side, torch_side, args.threads, args.warmup, loads, config)
+    report(jax_side, torch_side, args.threads, args.warmup, loads, config, vsmr_side)
 
 
 if __name__ == "__main__":

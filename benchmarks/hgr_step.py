@@ -19,7 +19,7 @@ a loaded machine is visible; the CPU/wall column checks the thread limit.
 
   python benchmarks/hgr_step.py                       # RN50 @ 64 px, batch 4, 1 thread (minutes)
   python benchmarks/hgr_step.py --dry-run             # tiny CLIP, seconds (the test suite runs this)
-  python benchmarks/hgr_step.py --aot [--buckets 2048x24,4096x24]   # paper shapes, compiled, not run
+  python benchmarks/hgr_step.py --aot [--remat_text blocks]   # paper shapes, compiled, not run
 """
 import argparse
 import os
@@ -57,8 +57,8 @@ def parse_args(argv):
   ap.add_argument("--dry-run", dest="dry_run", action="store_true",
                   help="tiny CLIP, 1 timed step (or toy AOT shapes with --aot): a smoke test")
   ap.add_argument("--aot", action="store_true", help="paper-scale compile-only analysis (see hgr_aot.py)")
-  ap.add_argument("--buckets", default="", help="--aot: comma list UxL (e.g. 4096x24) of prompt buckets")
-  ap.add_argument("--replay_steps", type=int, default=3000, help="--aot: sampler steps replayed")
+  ap.add_argument("--remat_text", default="", help="--aot: text remat policy to compile (default: the config's)")
+  ap.add_argument("--replay_steps", type=int, default=500, help="--aot: sampler steps replayed")
   ap.add_argument("--mfu", type=float, default=0.4, help="--aot: assumed MFU for the H100 projection")
   return ap.parse_args(argv)
 

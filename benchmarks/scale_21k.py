@@ -199,10 +199,10 @@ def eval_child(work, a):
   rest of `run` (decode, image tower, scoring, counts), first-batch compile included.
   """
   c = make_config(work, 1, 0, a.model, a.dtype)
-  c.evals["21k_d"].num_threads = a.eval_threads
+  c.evals["in21k_d"].num_threads = a.eval_threads
   engine = engine_lib.Engine(c, work / "eval_run")
   state = engine.build_state(with_optimizer=False)
-  ev = engine.build_evaluators()["21k_d"].evaluator
+  ev = engine.build_evaluators()["in21k_d"].evaluator
   rows, spent = [], []
   encode = ev.offer["encode_prompts"]
 

@@ -10,11 +10,12 @@ index from zsl_jax.tools.build_hierarchy / make_splits):
       --config.init.checkpoint=weights/RN50
 
 Evaluate a run (or an official HGR-Net `clip_<epoch>` file via init.checkpoint) on another test set:
-  python -m zsl_jax.main --config=configs/hgr_rn50.py:eval=21k_p --workdir=runs/hgr_eval \
+  python -m zsl_jax.main --config=configs/hgr_rn50.py:eval=in21k_p --workdir=runs/hgr_eval \
       --config.mode=eval --config.init.checkpoint=runs/hgr_rn50 --config.data.hierarchy=... --config.data.index=...
 
-Arguments (comma-separated after the colon): demo; eval=21k_d|21k_p|2hop|3hop (which evaluator
-the run declares; default 21k_d); variant=RN50|RN101|RN50x4|RN50x16|ViT-B/32|ViT-B/16.
+Arguments (comma-separated after the colon): demo; eval=in21k_d|in21k_p|hop2|hop3 (which evaluator
+the run declares; default in21k_d; the former names 21k_d|21k_p|2hop|3hop still work);
+variant=RN50|RN101|RN50x4|RN50x16|ViT-B/32|ViT-B/16.
 """
 from zsl_jax.projects.hgr.config import hgr_config
 

@@ -19,7 +19,7 @@ SHOTS = (1, 2, 3, 5, 10)
 
 def get_config(arg=None):
   c = hgr_rn50.hgr_config(arg, shots=5)
-  shots = config_lib.parse_arg(arg, demo=False, eval="21k_d", variant="RN50", shots=5).shots
+  shots = config_lib.parse_arg(arg, demo=False, eval="in21k_d", variant="RN50", shots=5).shots
   if shots not in SHOTS:
     raise UserError(f"shots={shots}; the index holds low-shot splits for k in {SHOTS}, e.g. :demo,shots=2")
   c.data.train_split = f"ls{shots}_train"

@@ -154,8 +154,8 @@ def test_eval_mode_metrics_match_the_folder_run(demo, tmp_path):
                  f"--config.data.array_record={tmp_path / 'records'}")
   finally:
     (tmp_path / "hidden").rename(images)
-  want = metrics.read_metrics(tmp_path / "train", split="21k_d")[-1]  # The folder run's final evaluation.
-  (got,) = metrics.read_metrics(tmp_path / "eval", split="21k_d")
+  want = metrics.read_metrics(tmp_path / "train", split="in21k_d")[-1]  # The folder run's final evaluation.
+  (got,) = metrics.read_metrics(tmp_path / "eval", split="in21k_d")
   assert want["step"] == got["step"] == 2
   assert want["skipped"] == 1 and want["count"] == 336 - 1
   assert {k: got[k] for k in METRICS} == {k: want[k] for k in METRICS}

@@ -58,10 +58,10 @@ FAMILIES = {
 }
 CASES = [(family, field) for family, fields in FAMILIES.items() for field in fields]
 # Config-argument mistakes (after the colon) end the same way: (config, one substring of the line).
-ARG_CASES = [("hgr_rn50.py:eval=21k", "eval='21k' is not one of: 21k_d, 21k_p, 2hop, 3hop"),
+ARG_CASES = [("hgr_rn50.py:eval=21k", "eval='21k' is not one of: in21k_d, in21k_p, hop2, hop3"),
              ("dazle_awa2.py:demoo", "unknown config argument 'demoo'"),
              ("hgr_rn50.py:demo", "every part of a --config.a.b override must be a Python name")]
-ARG_OVERRIDES = {"hgr_rn50.py:demo": ["--config.evals.21k_d.every_steps=3"]}
+ARG_OVERRIDES = {"hgr_rn50.py:demo": ["--config.evals.21k_d.every_steps=3"]}  # the former name: not a Python name
 
 _SERVER = r"""
 import importlib, json, os, runpy, sys, traceback

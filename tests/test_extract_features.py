@@ -2,12 +2,15 @@
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 import scipy.io
 
+from tests import cli
 from zsl_jax.data.images import decode_rgb
 from zsl_jax.data.transforms import imagenet_preprocess
 from zsl_jax.errors import UserError
@@ -91,7 +94,8 @@ def test_interrupted_extraction_resumes_without_recomputing(setup, tmp_path):
   with h5py.File(out, "r+") as f:
     assert f["_done"][()].tolist() == [1] * 5 + [0] * 7
     f["feature_map"][:5] = 7.0  # A finished row that is recomputed would lose this marker value.
-  with pytest.raises(UserError, match="different settings \\(resolution\\)"):
+  other_settings = r"unfinished extraction with different settings \(resolution: file 64, this run 96\)"
+  with pytest.raises(UserError, match=other_settings):
     ef.extract("CUB", setup["images"], setup["root"], setup["weights"], out, **{**kw, "resolution": 96})
   second = ef.extract("CUB", setup["images"], setup["root"], setup["weights"], out, **kw)
   assert second["computed"] == 7 and second["already_done"] == 5 and second["complete"]
@@ -100,6 +104,28 @@ def test_interrupted_extraction_resumes_without_recomputing(setup, tmp_path):
     assert "_done" not in f
   assert (fm[:5] == 7.0).all()
   assert _rel(fm[5:], setup["ref"][5:]) <= 1e-5
+
+
+def test_finished_file_with_other_weights_resolution_or_dtype_is_refused(setup, tmp_path, capsys):
+  """A finished file never passes for the features of other weights, resolution or dtype (issue 16): exit 2."""
+  import torch  # pylint: disable=import-outside-toplevel
+  out = tmp_path / "f.hdf5"
+  assert ef.extract("CUB", setup["images"], setup["root"], setup["weights"], out, resolution=RES, batch_size=8,
+                    num_workers=2, progress=False)["complete"]
+  before = out.read_bytes()
+  other = {k: v + 0.01 if v.is_floating_point() else v for k, v in torch.load(setup["weights"]).items()}
+  torch.save(other, tmp_path / "other.pth")
+  argv = _args(setup, out, "--dtype", "bfloat16")
+  argv[argv.index("--weights") + 1] = str(tmp_path / "other.pth")
+  proc = subprocess.run([sys.executable, "-m", "zsl_jax.tools.extract_features", *argv], cwd=cli.REPO_ROOT,
+                        env=cli.env(JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600, check=False)
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("zsl_jax extract_features: error: ")]
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
+  assert "is a finished extraction with different settings (dtype: file float32, this run bfloat16, " \
+         "weights_sha256: file " in errors[0] and "choose another --out" in errors[0], errors[0]
+  assert ef.main(_args(setup, out, "--resolution", "96")) == 2
+  assert "different settings (resolution: file 64, this run 96)" in capsys.readouterr().err
+  assert out.read_bytes() == before
 
 
 def test_undecodable_and_missing_images(setup, tmp_path):

@@ -1,8 +1,11 @@
-"""README command 1 end to end: the HGR-Net demo trains, checkpoints, evaluates, and learns.
+"""README command 1 end to end: HGR-Net and the flat CLIP baseline on the demo, and the comparison.
 
-The demo's unseen classes (21 of 39) are scored at step 0 (untrained) and after training; TOR
-and POR must improve by a clear margin. Then eval mode restores the checkpoint and reproduces
-the final metrics exactly.
+Command 1 runs once (module fixture, 8 simulated devices as every CLI test): HGR-Net trains and is
+scored on the 21 unseen classes at step 0 (untrained) and at the end, then the flat baseline
+trains on the same data into <workdir>/baseline, and the comparison table is written. The
+acceptance points of the demo (issue 15) are asserted with margins below the spread measured
+over 3 seeds on 1 and 8 devices (README "Quick start"). Then eval mode restores the checkpoint
+and reproduces the final metrics exactly.
 """
 import json
 import subprocess
@@ -14,43 +17,84 @@ from tests import cli
 from zsl_jax import metrics
 
 CONFIG = "configs/hgr_rn50.py:demo"
+SPLIT = "in21k_d"
 METRICS = ("hit@1", "hit@2", "hit@5", "hit@10", "hit@20", "tor", "por")
+STEPS = 600
+NUM_UNSEEN = 21
+# Measured over seeds 0-2 x {1, 8} devices: see README "Quick start". Margins below the worst case.
+MIN_HIT1 = 3 / NUM_UNSEEN          # >= 3x chance
+MIN_TOR_GAIN, MIN_POR_GAIN = 0.10, 0.05  # HGR-Net over the flat baseline
+
+
+def _tail(text, lines=40):
+  """The last lines of a subprocess's output, progress-bar redraws (\\r) split into lines."""
+  return "\n".join(text.replace("\r", "\n").splitlines()[-lines:])
+
+
+def run_main(workdir, *overrides, config=CONFIG):
+  """`python -m zsl_jax.main` with no wall-clock limit; a failure shows the run's last output lines."""
+  proc = subprocess.run(cli.main_args(config, workdir, *overrides), cwd=cli.REPO_ROOT, env=cli.env(),
+                        capture_output=True, text=True, check=False)
+  if proc.returncode != 0:
+    pytest.fail(f"zsl_jax.main exited {proc.returncode}; its last output lines:\n{_tail(proc.stderr)}\n"
+                f"{_tail(proc.stdout, 10)}", pytrace=False)
+  return proc
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("hgr_demo")
   data = tmp_path_factory.mktemp("hgr_demo_data")
-  cli.run_main(CONFIG, workdir, f"--config.data.demo_root={data}", timeout=900)
-  return workdir, data
+  proc = run_main(workdir, f"--config.data.demo_root={data}")
+  return workdir, data, proc.stdout
+
+
+def test_demo_beats_the_flat_baseline_zero_shot(demo_run):
+  workdir, _, stdout = demo_run
+  table = json.loads((workdir / "comparison.json").read_text())[SPLIT]
+  assert {k: r["step"] for k, r in table.items()} == {"untrained": 0, "baseline": STEPS, "hgr": STEPS}
+  for r in table.values():
+    assert r["num_classes"] == NUM_UNSEEN and r["count"] == NUM_UNSEEN * 16
+  hgr, flat, untrained = table["hgr"], table["baseline"], table["untrained"]
+  assert hgr["hit@1"] >= MIN_HIT1, table
+  assert hgr["tor"] >= flat["tor"] + MIN_TOR_GAIN, table
+  assert hgr["por"] >= flat["por"] + MIN_POR_GAIN, table
+  assert flat["hit@1"] > untrained["hit@1"] and flat["por"] > untrained["por"], table  # the baseline learns too
+  md = (workdir / "comparison.md").read_text()
+  assert md.strip() in stdout and "| HGR-Net | 600 |" in md and "| flat CLIP baseline | 600 |" in md
+  assert (workdir / "plots" / f"levels_compare_{SPLIT}.png").stat().st_size > 1000
+  baseline = workdir / "baseline"
+  assert json.loads((baseline / "config.json").read_text())["trainer"] == "clip_baseline"
+  assert (baseline / "checkpoints" / str(STEPS)).is_dir()
+  assert [r["step"] for r in metrics.read_metrics(baseline, split=SPLIT)] == [STEPS]
 
 
 def test_demo_learns_on_unseen_classes(demo_run):
-  workdir, _ = demo_run
-  rows = metrics.read_metrics(workdir, split="21k_d")
-  assert [r["step"] for r in rows] == [0, 600]
+  workdir, _, _ = demo_run
+  rows = metrics.read_metrics(workdir, split=SPLIT)
+  assert [r["step"] for r in rows] == [0, STEPS]
   start, end = rows
   for r in rows:
-    assert set(METRICS) <= set(r) and r["num_classes"] == 21 and r["count"] == 21 * 16 and r["skipped"] == 0
+    assert set(METRICS) <= set(r) and r["num_classes"] == NUM_UNSEEN and r["skipped"] == 0
   assert end["tor"] >= start["tor"] + 0.3, (start, end)
-  assert end["por"] >= start["por"] + 0.1, (start, end)
+  assert end["por"] >= start["por"] + 0.3, (start, end)
   train = metrics.read_metrics(workdir, split="train")
   assert train[-1]["loss"] < 0.5 * train[0]["loss"]
-  levels = json.loads((workdir / "plots" / "levels_21k_d.json").read_text())
-  assert len(levels["accuracy"]) == 3 and sum(levels["images"]) > 0
-  assert (workdir / "plots" / "levels_21k_d.png").stat().st_size > 1000
-  assert (workdir / "checkpoints" / "600").is_dir()
+  levels = json.loads((workdir / "plots" / f"levels_{SPLIT}.json").read_text())
+  assert len(levels["accuracy"]) == 3 and sum(levels["images"]) == NUM_UNSEEN * 16
+  assert (workdir / "plots" / f"levels_{SPLIT}.png").stat().st_size > 1000
+  assert (workdir / "checkpoints" / str(STEPS)).is_dir()
 
 
 def test_eval_mode_reproduces_demo_metrics(demo_run, tmp_path):
-  workdir, data = demo_run
-  cli.run_main(CONFIG, tmp_path, "--config.mode=eval", f"--config.init.checkpoint={workdir}",
-               f"--config.data.demo_root={data}")
-  got = metrics.read_metrics(tmp_path, split="21k_d")
-  want = metrics.read_metrics(workdir, split="21k_d")[-1]
-  assert len(got) == 1 and got[0]["step"] == 600
+  workdir, data, _ = demo_run
+  run_main(tmp_path, "--config.mode=eval", f"--config.init.checkpoint={workdir}", f"--config.data.demo_root={data}")
+  got = metrics.read_metrics(tmp_path, split=SPLIT)
+  want = metrics.read_metrics(workdir, split=SPLIT)[-1]
+  assert len(got) == 1 and got[0]["step"] == STEPS
   for key in METRICS + ("por", "path_ratio", "count"):
     assert got[0][key] == want[key], key
+  assert not (tmp_path / "baseline").exists()  # eval mode runs no baseline
 
 
 @pytest.mark.torch
@@ -59,24 +103,24 @@ def test_official_hgr_checkpoint_evaluates_directly(demo_run, tmp_path):
   evaluated as is, and gives the same metrics as its converted Orbax copy."""
   torch = pytest.importorskip("torch")
   from zsl_jax.models.torch_io import import_open_clip  # pylint: disable=import-outside-toplevel
-  _, data = demo_run
+  _, data, _ = demo_run
   oc = import_open_clip()
   torch.manual_seed(0)
-  model = oc.model.CLIP(64, oc.model.CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=64, patch_size=None),
+  model = oc.model.CLIP(64, oc.model.CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, image_size=32, patch_size=None),
                         oc.model.CLIPTextCfg(width=128, heads=2, layers=2), quick_gelu=True)
   sd = {f"module.{k}": (v.half() if v.is_floating_point() and v.ndim > 1 else v) for k, v in model.state_dict().items()}
   torch.save(sd, tmp_path / "clip_3")
   # OpenAI's loader infers text heads as width // 64, so the config names the same sizes.
   sizes = ("--config.model.custom.transformer_width=128", "--config.model.custom.transformer_heads=2",
            f"--config.data.demo_root={data}", "--config.mode=eval")
-  cli.run_main(CONFIG, tmp_path / "direct", *sizes, f"--config.init.checkpoint={tmp_path / 'clip_3'}")
+  run_main(tmp_path / "direct", *sizes, f"--config.init.checkpoint={tmp_path / 'clip_3'}")
   proc = subprocess.run(
       [sys.executable, "-m", "zsl_jax.tools.convert_clip", str(tmp_path / "clip_3"), str(tmp_path / "converted")],
       cwd=cli.REPO_ROOT, env=cli.env(), capture_output=True, text=True, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  cli.run_main(CONFIG, tmp_path / "converted_eval", *sizes, f"--config.init.checkpoint={tmp_path / 'converted'}")
-  direct = metrics.read_metrics(tmp_path / "direct", split="21k_d")
-  converted = metrics.read_metrics(tmp_path / "converted_eval", split="21k_d")
-  assert len(direct) == len(converted) == 1 and direct[0]["count"] == 21 * 16
+  assert proc.returncode == 0, _tail(proc.stderr)
+  run_main(tmp_path / "converted_eval", *sizes, f"--config.init.checkpoint={tmp_path / 'converted'}")
+  direct = metrics.read_metrics(tmp_path / "direct", split=SPLIT)
+  converted = metrics.read_metrics(tmp_path / "converted_eval", split=SPLIT)
+  assert len(direct) == len(converted) == 1 and direct[0]["count"] == NUM_UNSEEN * 16
   for key in METRICS:
     assert direct[0][key] == converted[0][key], key

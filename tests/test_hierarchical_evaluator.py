@@ -52,7 +52,7 @@ def _offer(num_images, seed=0):
 
 def _run(tmp_path, num_images, devices):
   mesh = sharding.make_mesh(dict(data=len(devices), fsdp=1), devices)
-  context = contracts.EvalContext(name="21k_d", mesh=mesh, workdir=tmp_path, offer=_offer(num_images))
+  context = contracts.EvalContext(name="in21k_d", mesh=mesh, workdir=tmp_path, offer=_offer(num_images))
   ev = hgr_evaluator.Evaluator(context, batch_size=16, prompt_batch=8, tag="t", num_threads=1)
   return ev.run({"params": {}, "model_state": {}}, 7)
 

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import grain
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -74,7 +75,7 @@ def test_eval_yields_every_valid_image_once_and_counts_3_skipped(demo, caplog):
       img, _ = imagenet21k.images.decode_rgb(index.path(r))
     except imagenet21k.images.CorruptImageError:
       continue
-    expected[_digest(transforms.clip_preprocess(img, S))] = index.label(r)
+    expected[_digest(transforms.clip_pixels(img, S))] = index.label(r)  # uint8, as the loader sends
   assert len(expected) == len(rows) - 3 == 21 * 3 + 3
   got, skipped, batches = [], 0, 0
   for p in range(2):  # Two simulated hosts, global batch 16 -> 8 per host.
@@ -82,7 +83,7 @@ def test_eval_yields_every_valid_image_once_and_counts_3_skipped(demo, caplog):
     assert n == len(rows)
     for b in ds:
       batches += 1
-      assert b["image"].shape == (8, S, S, 3) and b["image"].dtype == np.float32 and b["label"].dtype == np.int32
+      assert b["image"].shape == (8, S, S, 3) and b["image"].dtype == np.uint8 and b["label"].dtype == np.int32
       skipped += int(b["_skipped"].sum())
       got += [(_digest(x), int(label)) for x, label, m in zip(b["image"], b["label"], b["_mask"]) if m]
   assert skipped == 3
@@ -248,6 +249,7 @@ def test_load_image_matches_torchvision_clip_transform(demo):
     if not out["_mask"]:
       continue
     want = tf(Image.open(index.path(r)).convert("RGB")).numpy().transpose(1, 2, 0)
-    np.testing.assert_allclose(out["image"], want, atol=1e-5)
+    assert out["image"].dtype == np.uint8  # normalised on device, as CLIP.encode_image does
+    np.testing.assert_allclose(jax.jit(transforms.normalize_on_device)(out["image"]), want, atol=1e-5)
     checked += 1
   assert checked == 6

@@ -6,6 +6,7 @@ codes everywhere and never a traceback for a mistake they can fix: 2 for bad inp
 a wrong option), 130 for Ctrl-C / SIGTERM after what was finished has been kept.
 """
 import argparse
+import logging
 import sys
 
 from zsl_jax.errors import UserError
@@ -29,6 +30,11 @@ def fail(command, message, code=EXIT_USER_ERROR):
   """Prints the one error line on stderr and exits with `code`."""
   report(command, message)
   sys.exit(code)
+
+
+def show_warnings():
+  """Warnings on the console as `WARNING: <message>` (e.g. the count of inputs a tool leaves out)."""
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
 
 def run_command(command, body, *args, interrupted_message=None, **kwargs):

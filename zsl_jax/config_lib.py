@@ -16,10 +16,27 @@ _ABSENT = object()
 MODES = ("train", "eval")  # config.mode: zsl_jax.engine.run's two loops
 
 
+_TRUE, _FALSE = ("1", "true", "yes", "y"), ("0", "false", "no", "n")
+
+
+def _arg_value(key, value, default, arg):
+  """`value` (text after `key=`) as the type of `default`; UserError naming the argument when it is not one."""
+  kind = type(default)
+  try:
+    if kind is bool:
+      if value.lower() not in _TRUE + _FALSE:
+        raise ValueError(value)
+      return value.lower() in _TRUE
+    return kind(value) if kind in (int, float) else value
+  except ValueError:
+    example = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "text")
+    raise UserError(f"config argument {key}={value!r} in {arg!r} is not {example}; e.g. {key}={default}") from None
+
+
 def parse_arg(arg, **defaults):
   """Parses "demo,variant=RN101" into a ConfigDict over `defaults` (bare words set True).
 
-  Unknown names are an error, so a misspelled variant fails instead of being ignored.
+  Unknown names and values of the wrong type are errors, so a misspelled variant fails instead of being ignored.
   """
   result = ml_collections.ConfigDict(dict(defaults))
   if not arg:
@@ -28,20 +45,12 @@ def parse_arg(arg, **defaults):
     item = item.strip()
     if not item:
       continue
-    key, _, value = item.partition("=")
+    key, has_value, value = item.partition("=")
     if key not in defaults:
       raise UserError(f"unknown config argument {key!r} in {arg!r}; valid arguments: {sorted(defaults)}")
-    default = defaults[key]
-    if not _:
-      result[key] = True
-    elif isinstance(default, bool):
-      result[key] = value.lower() in ("1", "true", "yes", "y")
-    elif isinstance(default, int):
-      result[key] = int(value)
-    elif isinstance(default, float):
-      result[key] = float(value)
-    else:
-      result[key] = value
+    if not has_value and not isinstance(defaults[key], bool):
+      raise UserError(f"config argument {key!r} in {arg!r} needs a value, e.g. {key}={defaults[key]}")
+    result[key] = _arg_value(key, value, defaults[key], arg) if has_value else True
   return result
 
 

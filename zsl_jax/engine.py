@@ -3,7 +3,8 @@
 Phases (big_vision style): mesh -> trainer -> optimizer -> state shapes and shardings -> state
 created already sharded -> resume (workdir checkpoint, else `config.init.checkpoint`, else
 scratch) -> jitted, donated train step -> `train_loop.TrainLoop` (metrics, checkpoints,
-evaluators, NaN guard, preemption).
+evaluators, divergence guard, preemption). Whatever way `train()` ends, the checkpoint manager and
+the data iterator are closed, so no background thread outlives the run's error message.
 """
 import dataclasses
 import importlib
@@ -23,6 +24,7 @@ from zsl_jax import optim
 from zsl_jax import projects
 from zsl_jax import sharding
 from zsl_jax import train_loop
+from zsl_jax.data import device_prefetch
 from zsl_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -126,7 +128,7 @@ class Engine:
     return {k: self.abstract_state[k] for k in ("params", "model_state")}
 
   def _init_from(self, state, path, step=-1):
-    """Replaces params/model_state with those of another run or a trainer-specific file."""
+    """(state with params/model_state of another run or a trainer-specific file, the step they come from)."""
     target = self._variables_target()
     if ckpt_lib.is_zsl_checkpoint(path):
       restored, step = ckpt_lib.restore_subtree(path, target, step)
@@ -147,7 +149,8 @@ class Engine:
       restored = jax.device_put({"params": params, "model_state": model_state},
                                 {k: self.state_shardings[k] for k in ("params", "model_state")})
       logger.info("initialised params from %s", path)
-    return {**state, **restored}
+      step = 0
+    return {**state, **restored}, step
 
   # ---------------------------------------------------------------- the train step
   def make_train_step(self):
@@ -169,8 +172,12 @@ class Engine:
       new_state = {"step": step + 1, "params": params,
                    "model_state": {**state["model_state"], **dict(new_model_state or {})},
                    "opt_state": opt_state}
+      # The guard (train_loop): param_norm is finite only if every parameter is, grad_norm only if every
+      # squared gradient is (so Adam/RMSprop moments stay finite); FINITE_KEY checks the (small) model state.
+      # Checking opt_state itself would read 2x the parameters again (+8% CPU time of an RN50 step).
       measurements = {"loss": loss, "grad_norm": optax.global_norm(grads),
-                      "param_norm": optax.global_norm(params), "lr": schedule(step), **aux}
+                      "param_norm": optax.global_norm(params), "lr": schedule(step), **aux,
+                      train_loop.FINITE_KEY: _all_finite(new_state["model_state"])}
       return new_state, measurements
 
     return jax.jit(train_step, out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
@@ -184,9 +191,7 @@ class Engine:
     trainer can import (step 0); default `config.init.checkpoint`, else this workdir.
     """
     source = source or self.config.init.checkpoint or str(self.workdir)
-    state = self._init_from(self.build_state(with_optimizer=False), source, step)
-    restored_step = ckpt_lib.resolve(source, step)[1] if ckpt_lib.is_zsl_checkpoint(source) else 0
-    return state, restored_step
+    return self._init_from(self.build_state(with_optimizer=False), source, step)
 
   def build_evaluators(self):
     return build_evaluators(self.config, self.trainer.eval_offer(), self.mesh, self.workdir)
@@ -209,7 +214,9 @@ class Engine:
     """Trains to `total_steps`, resuming from this workdir's latest checkpoint when there is one."""
     config = self.config
     state = self.build_state(with_optimizer=True)
-    data_iter = self.trainer.train_iterator()
+    # Global batches sent to the devices ahead of the step; the checkpointed position stays exact.
+    data_iter = device_prefetch.prefetch(self.trainer.train_iterator(), self.mesh,
+                                         getattr(self.trainer, "replicated_batch_keys", ()))
     checkpointer = ckpt_lib.Checkpointer(self.workdir / ckpt_lib.CHECKPOINT_DIR,
                                          every_steps=config.checkpoint.every_steps,
                                          keep=config.checkpoint.keep,
@@ -217,14 +224,29 @@ class Engine:
     saveable_iter = data_iter if hasattr(data_iter, "get_state") else None
     if saveable_iter is None:
       logger.warning("the train iterator has no get_state(): a resumed run restarts the data stream")
-    latest = checkpointer.latest_step()
-    if latest is not None:
-      state, _ = checkpointer.restore(self.abstract_state, saveable_iter, latest)
-      logger.info("resumed from %s at step %d", checkpointer.directory, latest)
-    elif config.init.checkpoint:
-      state = self._init_from(state, config.init.checkpoint, config.init.step)
-    loop = train_loop.TrainLoop(self, checkpointer, saveable_iter, last_saved=latest)
-    return loop.run(state, data_iter)
+    closers = (checkpointer.close, getattr(data_iter, "close", None))
+    try:
+      resumed = checkpointer.restore_latest(self.abstract_state, saveable_iter)
+      if resumed is not None:
+        state, latest = resumed
+        logger.info("resumed from %s at step %d", checkpointer.directory, latest)
+      else:
+        latest = None
+        if config.init.checkpoint:
+          state, _ = self._init_from(state, config.init.checkpoint, config.init.step)
+      loop = train_loop.TrainLoop(self, checkpointer, saveable_iter, last_saved=latest)
+      state = loop.run(state, data_iter)
+    except BaseException:
+      train_loop.close_all(*closers, quiet=True)
+      raise
+    train_loop.close_all(*closers)
+    return state
+
+
+def _all_finite(tree):
+  """One on-device bool: every floating-point leaf of `tree` is free of NaN/Inf."""
+  checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.stack(checks).all() if checks else jnp.array(True)
 
 
 def run(config, workdir):

@@ -3,19 +3,25 @@
 Kept thin on purpose: flags, the trainer's `check_config` (every config switch, before anything is
 written), platform set-up, optional multi-host initialisation, the resolved config written to
 DIR/config.json, then `zsl_jax.engine.run`. Bad input ends with one line (`zsl_jax.cli`).
+Every workdir a command runs in is claimed first (`zsl_jax.workdir`: an exclusive lock, then the
+stored config compared with the requested one) and held until the command ends.
 """
-import json
+import contextlib
 import logging
 import os
 import pathlib
+import re
 
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
+import ml_collections
 from ml_collections import config_flags
 
 from zsl_jax import cli
+from zsl_jax import paths
 from zsl_jax import projects
+from zsl_jax import workdir as workdir_lib
 from zsl_jax.errors import TrainingDiverged
 from zsl_jax.errors import UserError
 
@@ -42,16 +48,61 @@ def _user_error_in(error):
   return found
 
 
-def _parse_flags(argv):
-  """absl parsing, turning config-override mistakes into one line instead of a traceback."""
+def _config_file(argv):
+  """The file part (before ':') of the --config argument, or None when there is none."""
+  for i, arg in enumerate(argv[1:], 1):
+    m = re.fullmatch(r"--?config(?:=(.*))?", arg, re.S)
+    if m:
+      value = m.group(1) if m.group(1) is not None else (argv[i + 1] if i + 1 < len(argv) else "")
+      return value.split(":", 1)[0]
+  return None
+
+
+def _check_config_file(argv):
+  """A missing or unreadable config file is named before config_flags defers it into a late traceback."""
+  path = _config_file(argv)
+  if path is None:
+    return
+  if not os.path.isfile(path):
+    problem = "is a folder" if os.path.isdir(path) else "does not exist"
+    _fail(f"config file {path!r} {problem}; pass a config file, e.g. --config=configs/hgr_rn50.py:demo")
+  if not os.access(path, os.R_OK):
+    _fail(f"config file {path!r} is not readable; fix its permissions")
+
+
+def _fail_to_load(path, error):
+  detail = ([line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__])[-1]
+  _fail(f"cannot load the config file {path!r} ({detail}); pass a config file, e.g. --config=configs/hgr_rn50.py")
+
+
+def _check_loaded(config, path):
+  """What get_config() returned is a ConfigDict (config_flags raises a file's load errors only on first use)."""
   try:
-    return flags.FLAGS(argv)
+    getattr(config, "keys", None)
+  except OSError as e:
+    _fail_to_load(path, e)
+  if path is not None and not isinstance(config, ml_collections.ConfigDict):
+    _fail(f"get_config() of {path!r} returned a {type(config).__name__}; return an ml_collections.ConfigDict")
+
+
+def _parse_flags(argv):
+  """absl parsing, turning config-file and config-override mistakes into one line instead of a traceback."""
+  _check_config_file(argv)
+  try:
+    parsed = flags.FLAGS(argv)
   except flags.Error as e:
     user_error = _user_error_in(e)
+    if user_error is None and "get_config() takes 0 positional arguments" in str(e):
+      _fail(f"config file {_config_file(argv)!r} takes no arguments after ':'; drop them")
     if user_error is None and "Error whilst parsing config file" in str(e):
       raise  # A config file failed with something other than a UserError: a bug, keep its traceback.
     _fail(str(user_error or e))
+  except SyntaxError as e:
+    _fail(f"config file {e.filename} line {e.lineno} is not valid Python ({e.msg}); fix it or pass another "
+          f"config file, e.g. --config=configs/hgr_rn50.py")
   except (AttributeError, KeyError) as e:
+    if "get_config" in str(e):
+      _fail(f"config file {_config_file(argv)!r} defines no get_config(arg=None); pass a file from configs/")
     bad = next((a for a in argv[1:] if a.startswith("--config.")), "")
     key = str(e).strip("\"'")
     wrong = next((a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and
@@ -60,9 +111,12 @@ def _parse_flags(argv):
           f"against the config file's get_config()")
   except UserError as e:
     _fail(str(e))
-  except ValueError as e:  # config_flags cannot parse an override path, e.g. --config.evals.21k_d.type
+  except ValueError as e:  # config_flags cannot parse an override path, e.g. --config.evals.1st.type
     _fail(f"{e}; every part of a --config.a.b override must be a Python name")
-  return None
+  except OSError as e:  # A config file that failed to load, met by an override (config_flags defers the error).
+    _fail_to_load(_config_file(argv), e)
+  _check_loaded(_CONFIG.value, _config_file(argv))
+  return parsed
 
 
 def _setup_platform(config):
@@ -82,18 +136,6 @@ def _setup_platform(config):
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   jax.config.update("jax_threefry_partitionable", True)  # RNG values independent of sharding.
-
-
-def _write_config(config, workdir):
-  """DIR/config.json; a different earlier config is kept as config.<n>.json, never overwritten."""
-  path = workdir / "config.json"
-  text = json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True)
-  if path.exists() and path.read_text() != text:
-    n = 1
-    while (workdir / f"config.{n}.json").exists():
-      n += 1
-    path.rename(workdir / f"config.{n}.json")
-  path.write_text(text)
 
 
 def _setup_logging():
@@ -126,21 +168,21 @@ def main(argv):
     _fail("--workdir is required: the folder for checkpoints and metrics (re-using it resumes)")
   from zsl_jax import engine  # pylint: disable=import-outside-toplevel  (jax: after the flags are checked)
   try:
+    paths.check_writable_dir(workdir, "--workdir")  # before anything is checked or written
     trainer_cls = engine.trainer_class(config)
     trainer_cls.check_config(config)  # every config switch, before anything is written or traced
     _check_evaluators(engine, config)
     _setup_platform(config)
     import jax  # pylint: disable=import-outside-toplevel
-    run = (config, pathlib.Path(workdir).expanduser())
-    while run is not None:  # a method may ask for a follow-up run (e.g. retraining on trainval)
-      config, workdir = run
-      if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _write_config(config, workdir)
-      logger.info("zsl_jax: trainer=%s mode=%s workdir=%s devices=%d processes=%d",
-                  config.trainer, config.mode, workdir, jax.device_count(), jax.process_count())
-      engine.run(config, workdir)
-      run = trainer_cls.next_run(config, workdir)
+    run = (config, pathlib.Path(workdir).expanduser().absolute())
+    with contextlib.ExitStack() as held:  # every workdir of the command stays locked until it ends
+      while run is not None:  # a method may ask for a follow-up run (e.g. retraining on trainval)
+        config, workdir = run
+        held.enter_context(workdir_lib.claim(config, workdir))  # lock, compare configs, write config.json
+        logger.info("zsl_jax: trainer=%s mode=%s workdir=%s devices=%d processes=%d",
+                    config.trainer, config.mode, workdir, jax.device_count(), jax.process_count())
+        engine.run(config, workdir)
+        run = trainer_cls.next_run(config, workdir)
   except UserError as e:
     _fail(str(e))
   except TrainingDiverged as e:

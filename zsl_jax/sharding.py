@@ -99,6 +99,26 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
+def batch_axes(mesh):
+  """The axes of `mesh` that a batch is split over (those of BATCH_AXES it has)."""
+  return tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+
+
+def batch_devices(mesh):
+  """How many parts a batch is split into."""
+  return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
+
+
+def split_rows(fn, mesh):
+  """`fn(shared, rows)` with `rows` [N, ...] divided over the batch axes (N a multiple of
+  `batch_devices`): each device runs `fn` on its share of the rows (`shared` replicated), and the
+  [N, ...] result is all-gathered, replicated. Traced under jit.
+  """
+  axes = batch_axes(mesh)
+  mapped = jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(axes)), out_specs=P(axes))
+  return lambda shared, rows: jax.lax.with_sharding_constraint(mapped(shared, rows), replicated(mesh))
+
+
 def global_batch(local_batch, mesh, replicated_keys=()):
   """Process-local numpy batch -> global jax.Arrays (leading axis sharded over the mesh).
 
@@ -110,6 +130,9 @@ def global_batch(local_batch, mesh, replicated_keys=()):
   repl = replicated(mesh)
   out = {}
   for key, value in local_batch.items():
+    if isinstance(value, jax.Array):  # Already global (`zsl_jax.data.device_prefetch`).
+      out[key] = value
+      continue
     value = np.asarray(value)
     if key in replicated_keys:
       out[key] = jax.make_array_from_process_local_data(repl, value, value.shape)

@@ -2,9 +2,15 @@
 
 Per step: feed the jitted step one global batch, read its metrics one step late (so the host never
 stalls the device), log them with the interval's throughput accounting (`chrono`), checkpoint when
-due, run due evaluators, and stop cleanly on SIGTERM or SIGINT with a checkpoint. A NaN/Inf loss
-ends the run naming the last good checkpoint. After the last step, evaluators without a record at
-that step run once (a resumed, finished run does not repeat them).
+due, run due evaluators, and stop cleanly on SIGTERM or SIGINT with a checkpoint. After the last
+step, evaluators without a record at that step run once (a resumed, finished run does not repeat them).
+
+Divergence: a step whose loss, gradient norm or parameter norm is NaN/Inf, or whose new model state
+(e.g. BatchNorm statistics) has a non-finite entry (`FINITE_KEY`, computed in the step on device),
+ends the run. A state is saved only after its own step's metrics were read and found finite, so the
+checkpoint the message names holds finite parameters. The run ends with a `diverged` metrics record,
+which lets a re-run with a lower learning rate resume in the same workdir
+(`zsl_jax.workdir.AFTER_DIVERGENCE`).
 """
 import json
 import logging
@@ -19,10 +25,34 @@ import numpy as np
 from zsl_jax import chrono as chrono_lib
 from zsl_jax import metrics as metrics_lib
 from zsl_jax import sharding
+from zsl_jax import workdir as workdir_lib
 from zsl_jax.errors import Preempted
 from zsl_jax.errors import TrainingDiverged
 
 logger = logging.getLogger(__name__)
+
+FINITE_KEY = "_state_finite"  # a step's on-device check of its new state (not written to metrics.jsonl)
+WATCHED = ("loss", "grad_norm", "param_norm")  # divergence stops the run when one of these is NaN/Inf
+
+
+def close_all(*closers, quiet=False):
+  """Calls every closer in order, even when one fails; the first failure is re-raised unless `quiet`.
+
+  `quiet` is for exit paths that already carry an error: a second failure (e.g. the async save
+  that the error interrupted) is logged as one line instead of replacing the first.
+  """
+  first = None
+  for close in closers:
+    if close is None:
+      continue
+    try:
+      close()
+    except Exception as e:  # pylint: disable=broad-except
+      if quiet:
+        logger.warning("while closing after an error: %s: %s", type(e).__name__, (str(e).splitlines() or [""])[0])
+      first = first or e
+  if first is not None and not quiet:
+    raise first
 
 
 def run_evaluators(evaluators, state, step, writer, names=None):
@@ -47,7 +77,9 @@ def missing_final_evals(evaluators, workdir, step):
     done = set()
     if (workdir / "metrics.jsonl").exists():
       done = {r["split"] for r in metrics_lib.read_metrics(workdir) if r["step"] == step}
-    return sorted(set(evaluators) - done)
+    # A record under one of the evaluator's former names (e.g. HGR's `21k_d`, now `in21k_d`) counts too.
+    return sorted(n for n, e in evaluators.items()
+                  if n not in done and not done & set(getattr(e.evaluator, "legacy_names", ())))
 
   return set(metrics_lib.decided_on_main(missing))
 
@@ -98,27 +130,47 @@ class TrainLoop:
     self.evaluators = engine.build_evaluators()
     self.writer = None
     self.progress = None
+    self.checked_step = last_saved  # the newest step whose metrics were found finite (a resumed one was)
     self.chrono = chrono_lib.Chrono(engine.mesh.devices.size, engine.mesh.devices.flat[0].device_kind)
 
-  def check_finite(self, step, measured):
-    loss = float(measured["loss"])
-    if not math.isfinite(loss):
-      where = (f"step {self.last_saved} in {self.checkpointer.directory}" if self.last_saved is not None
-               else "none (no checkpoint was saved yet)")
-      raise TrainingDiverged(f"loss became {loss} at step {step}; last good checkpoint: {where}. "
-                             f"Lower the learning rate or check the input data, then re-run.")
+  def divergence(self, measured):
+    """'loss=nan, param_norm=inf' of a step's non-finite metrics, or '' when the step is finite."""
+    bad = [f"{k}={float(measured[k])}" for k in WATCHED if k in measured and not math.isfinite(float(measured[k]))]
+    if FINITE_KEY in measured and not bool(measured[FINITE_KEY]):
+      bad.append("non-finite model state")
+    return ", ".join(bad)
+
+  def diverged(self, step, problem):
+    """Records the divergence (the `diverged` record a re-run reads) and raises TrainingDiverged."""
+    directory = self.checkpointer.directory
+    self.writer.write(step, workdir_lib.DIVERGED, {"reason": problem, "last_checkpoint": (
+        -1 if self.last_saved is None else self.last_saved)})
+    how = ("lower --config.optim.lr (optim.lr, optim.schedule.* and optim.groups may change in this workdir after "
+           "a divergence) and re-run: it resumes from")
+    if self.last_saved is None:
+      raise TrainingDiverged(f"training diverged at step {step} ({problem}) before its first checkpoint: nothing "
+                             f"was saved; {how} step 0")
+    raise TrainingDiverged(f"training diverged at step {step} ({problem}), which was not saved; last good "
+                           f"checkpoint: step {self.last_saved} in {directory} (its parameters are finite); "
+                           f"{how} there")
 
   def record(self, step, measured, force=False):
-    """Reads a step's metrics to the host, checks them, and writes them on log steps."""
-    host = jax.device_get(measured)
-    self.check_finite(step, host)
-    if force or step % self.log_every == 0:
+    """Reads a step's metrics to the host, checks them, and writes them on log steps (and on divergence)."""
+    host = dict(jax.device_get(measured))
+    problem = self.divergence(host)
+    host.pop(FINITE_KEY, None)
+    if force or problem or step % self.log_every == 0:
       accounting = self.chrono.interval(step)
       self.writer.write(step, "train", {**host, **accounting})
       if self.progress is not None:
         self.progress.set_postfix(chrono_lib.postfix(accounting), refresh=False)
+    if problem:
+      self.diverged(step, problem)
+    self.checked_step = step
 
   def save(self, step, state):
+    if step != self.checked_step:  # the invariant behind "the last good checkpoint holds finite parameters"
+      raise AssertionError(f"step {step} is saved before its metrics were checked (last checked: {self.checked_step})")
     with self.chrono.paused():
       self.checkpointer.save(step, state, self.saveable_iter, self.config_json)
     self.last_saved = step
@@ -142,12 +194,15 @@ class TrainLoop:
       missing = missing_final_evals(self.evaluators, self.engine.workdir, step)
       if missing:
         run_evaluators(self.evaluators, state, step, self.writer, names=missing)
-    finally:
-      if self.progress is not None:
-        self.progress.close()
-      self.writer.close()
-      self.checkpointer.close()
+    except BaseException:
+      close_all(*self._closers(), quiet=True)
+      raise
+    close_all(*self._closers())
     return state
+
+  def _closers(self):
+    """In order: the progress bar, the checkpointer (waits for the last save), the metric writer."""
+    return (self.progress.close if self.progress is not None else None, self.checkpointer.close, self.writer.close)
 
   def _steps(self, state, data_iter, step, stop):
     """The step loop proper: returns (state, last step) or raises Preempted / TrainingDiverged."""

@@ -15,6 +15,16 @@ from zsl_jax import sharding
 from zsl_jax.errors import UserError
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Counts checked wherever a config has them (any depth, e.g. evals.<name>.batch_size): field -> (minimum, meaning).
+COUNTS = {
+    "batch_size": (1, "examples per batch"),
+    "prompt_batch": (1, "prompts per text-tower call"),
+    "total_steps": (0, "0 = use num_epochs"),
+    "num_epochs": (0, "0 = use total_steps"),
+    "every_steps": (0, "0 = off, or only at the end for evaluators"),
+    "keep": (0, "0 = keep every checkpoint"),
+    "warmup_steps": (0, "steps of linear warm-up"),
+}
 
 
 def compute_dtype(config):
@@ -26,8 +36,27 @@ def compute_dtype(config):
   return jnp.dtype(name)
 
 
+def _numbers(node, prefix=""):
+  """(dotted field, value) of every int/float leaf of a config (bools excluded)."""
+  for key, value in node.items():
+    if hasattr(value, "items"):
+      yield from _numbers(value, f"{prefix}{key}.")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      yield f"{prefix}{key}", value
+
+
+def check_counts(config):
+  """Batch sizes > 0 and lengths / intervals >= 0 (a negative total_steps would silently train the default)."""
+  for field, value in _numbers(config):
+    rule = COUNTS.get(field.rsplit(".", 1)[-1])
+    if rule is not None and not value >= rule[0]:  # `not >=` also catches NaN
+      raise UserError(f"config.{field}={value!r} must be >= {rule[0]} ({rule[1]}); set "
+                      f"--config.{field}=<a number >= {rule[0]}>")
+
+
 def check_engine_config(config):
-  """The switches the engine reads: mode, compute_dtype, sharding, and the optimizer of every group."""
+  """The switches the engine reads: mode, compute_dtype, sharding, the counts and the optimizer of every group."""
+  check_counts(config)
   config_lib.check_choices(config, {"mode": config_lib.MODES, "compute_dtype": COMPUTE_DTYPES,
                                     "sharding.strategy": sharding.STRATEGIES})
   for i, rule in enumerate(config_lib.lookup(config, "sharding.rules", ()) or ()):

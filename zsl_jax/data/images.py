@@ -5,6 +5,7 @@ greyscale JPEGs, PNGs (or GIFs) saved with a `.JPEG` name. Decodable-but-odd fil
 to RGB and reported by `kind`; undecodable ones raise `CorruptImageError` so that pipelines can
 skip and count them instead of dying hours into a run.
 """
+import dataclasses
 import io
 import os
 
@@ -22,19 +23,35 @@ def _open(source):
   return Image.open(os.fspath(source))
 
 
-def decode_rgb(source):
-  """Decodes a path or encoded bytes into an RGB `PIL.Image`.
+@dataclasses.dataclass(frozen=True)
+class Decoded:
+  """An RGB image and how it was obtained."""
+  image: Image.Image
+  kind: str | None  # None for an ordinary RGB JPEG, else what was repaired (see `decode_rgb`)
+  scale: int = 1    # JPEG DCT-domain reduction applied while decoding: 1 (full size), 2, 4 or 8
+  full_size: tuple = None  # (w, h) of the stored image; `image.size` is about full_size / scale
 
-  Returns:
-    (image, kind): `kind` is None for an ordinary RGB JPEG, else one of "cmyk", "grayscale",
-    "palette", "rgba", "other_mode" (converted colour modes) or "not_jpeg:<FORMAT>" (a PNG/GIF/...
-    behind any file name), so callers can report what they repaired.
+
+def decode(source, min_short=None):
+  """Decodes a path or encoded bytes into a `Decoded` RGB image.
+
+  `min_short`: when a JPEG's shorter side is at least twice this, decode it at 1/2, 1/4 or 1/8
+  scale in the DCT domain (libjpeg scaling via PIL's `draft`), keeping the shorter side >= min_short:
+  the pixels to produce and resize shrink with the square of the scale, at the tolerance stated in
+  `zsl_jax.data.transforms`. None decodes at full size (bit-exact with PIL / torchvision).
   Raises:
     CorruptImageError: truncated or undecodable data.
     FileNotFoundError: the path does not exist.
   """
+  scale = 1
   try:
     img = _open(source)
+    full_size = img.size
+    if min_short and img.format == "JPEG" and min(img.size) // int(min_short) >= 2:
+      width = img.size[0]
+      drafted = img.draft(None, (int(min_short), int(min_short)))
+      if drafted is not None:
+        scale = round(width / drafted[1][2])  # drafted box = (0, 0, width / scale, height / scale)
     img.load()  # Forces the full decode: truncation surfaces here, not later in a worker.
   except FileNotFoundError:
     raise
@@ -48,7 +65,22 @@ def decode_rgb(source):
                  "P": "palette", "RGBA": "rgba", "LA": "grayscale"}.get(img.mode, "other_mode")
     kind = kind or mode_kind
     img = img.convert("RGB")
-  return img, kind
+  return Decoded(img, kind, scale, full_size)
+
+
+def decode_rgb(source):
+  """Decodes a path or encoded bytes into an RGB `PIL.Image` at full size.
+
+  Returns:
+    (image, kind): `kind` is None for an ordinary RGB JPEG, else one of "cmyk", "grayscale",
+    "palette", "rgba", "other_mode" (converted colour modes) or "not_jpeg:<FORMAT>" (a PNG/GIF/...
+    behind any file name), so callers can report what they repaired.
+  Raises:
+    CorruptImageError: truncated or undecodable data.
+    FileNotFoundError: the path does not exist.
+  """
+  decoded = decode(source)
+  return decoded.image, decoded.kind
 
 
 def encode_jpeg(array, quality=90):

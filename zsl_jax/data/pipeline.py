@@ -1,6 +1,10 @@
-"""grain plumbing shared by every method: this host's share of a batch and exact, padded evaluation.
+"""grain plumbing shared by every method: read-ahead settings, this host's share of a batch and exact,
+padded evaluation.
 
 Training batches come from `zsl_jax.data.sampling` (step -> global rows -> this host's slice).
+Both training and evaluation iterate through `to_iter_dataset`: grain threads each build whole
+batches, so the threads busy at once are min(num_threads, prefetch); 0 (the configs' default)
+sizes both from the cores this process may use, so a 16-core host decodes 16 batches at once.
 
 Evaluation must count every example exactly once, also across hosts. Each host takes a
 contiguous slice of the examples, padded up to the same number of full batches on every host;
@@ -8,7 +12,9 @@ padding examples carry `_mask = False`, so metrics summed with the mask are exac
 waits on a collective that another host never reaches (big_vision's "pad + mask" scheme).
 """
 import dataclasses
+import logging
 import math
+import os
 
 import grain
 import jax
@@ -16,7 +22,57 @@ import numpy as np
 
 from zsl_jax.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 MASK_KEY = "_mask"
+AUTO = 0  # num_threads / prefetch / read-ahead value meaning "from the core count"
+
+
+def available_cores():
+  """CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation), else all."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
+def read_settings(num_threads=AUTO, prefetch=AUTO, num_workers=0, cores=None):
+  """(threads per process, prefetch buffer per process, worker processes) with AUTO values resolved.
+
+  Threads: the cores divided among the worker processes (or the main one). Prefetch: twice the
+  threads, so every thread has a batch to build while the consumer holds finished ones (grain
+  otherwise caps the busy threads at the buffer size). Explicit values are kept; None keeps
+  grain's own default.
+  """
+  cores = available_cores() if cores is None else int(cores)
+  if num_workers is None or int(num_workers) < 0:
+    raise UserError(f"num_workers={num_workers!r} must be >= 0 (0: decode in the main process)")
+  workers = int(num_workers)
+  threads = num_threads
+  if num_threads is not None and int(num_threads) == AUTO:
+    threads = max(1, cores // max(workers, 1))
+  if prefetch is not None and int(prefetch) == AUTO:
+    prefetch = 2 * (threads if threads is not None else grain.ReadOptions().num_threads)
+  for name, v in (("num_threads", threads), ("prefetch", prefetch)):
+    if v is not None and int(v) < 0:
+      raise UserError(f"{name}={v} must be >= 0 (0: from the {cores} cores)")
+  return threads, prefetch, workers
+
+
+def to_iter_dataset(dataset, num_threads=AUTO, prefetch=AUTO, num_workers=0):
+  """`MapDataset` -> `IterDataset` read ahead by threads (and `num_workers` processes) per `read_settings`."""
+  threads, prefetch, workers = read_settings(num_threads, prefetch, num_workers)
+  options = {}
+  if threads is not None:
+    options["num_threads"] = int(threads)
+  if prefetch is not None:
+    options["prefetch_buffer_size"] = int(prefetch)
+  logger.info("grain read-ahead: %s threads, %s prefetched batches, %d worker processes (%d cores)",
+              threads, prefetch, workers, available_cores())
+  it_ds = dataset.to_iter_dataset(grain.ReadOptions(**options))
+  if workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+  return it_ds
 
 
 def process_info(process_index=None, process_count=None):

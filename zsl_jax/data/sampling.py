@@ -164,18 +164,11 @@ def batches(sampler, load, *, per_row=False, step_map=None, process_index=None, 
 
 def iter_dataset(sampler, load, *, per_row=False, step_map=None, num_threads=None, prefetch=None, num_workers=0,
                  process_index=None, process_count=None):
-  """`batches` read ahead by `num_threads` threads (None: grain's defaults) and `num_workers` processes."""
+  """`batches` read ahead by `num_threads` threads and `num_workers` processes (`pipeline.to_iter_dataset`:
+  0 = from the core count, None = grain's defaults)."""
   ds = batches(sampler, load, per_row=per_row, step_map=step_map, process_index=process_index,
                process_count=process_count)
-  options = {}
-  if num_threads is not None:
-    options["num_threads"] = num_threads
-  if prefetch is not None:
-    options["prefetch_buffer_size"] = prefetch
-  it_ds = ds.to_iter_dataset(grain.ReadOptions(**options))
-  if num_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return it_ds
+  return pipeline.to_iter_dataset(ds, num_threads, prefetch, num_workers)
 
 
 def iterator(sampler, load, **kwargs):

@@ -14,6 +14,7 @@ function that returns two things:
   rows: per-example outputs, gathered onto every host with the masked rows dropped. Only for
         metrics that need every example at once (GZSL's calibration curve).
 """
+import collections
 import functools
 import pathlib
 
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from zsl_jax import sharding
+from zsl_jax.data import device_prefetch
 from zsl_jax.data import pipeline
 
 _POSITION = "_position"  # an example's place in its source, to return rows in source order
@@ -65,8 +67,13 @@ def _summing(mesh):
   return first, add
 
 
-def evaluate_batches(batches, mesh, fn):
+def evaluate_batches(batches, mesh, fn, prefetch=2):
   """The evaluation loop: (host numpy sums, host numpy rows or None) over all batches.
+
+  Batches are built and sent to the devices by a background thread, `prefetch` ahead of the one
+  computed (`device_prefetch`). The host reads the sums once, at the end; it waits only for the
+  batch `prefetch` back to be computed (bounding the device memory held by queued batches), and
+  reads per-example rows that late.
 
   Args:
     batches: iterable of this host's padded batches (dicts of numpy arrays with a `_mask` key),
@@ -76,19 +83,32 @@ def evaluate_batches(batches, mesh, fn):
       global batch (mask the padding inside), `rows` a dict of [b, ...] arrays or None.
   """
   first, add = _summing(mesh)
-  total, parts = None, []
-  for local in batches:
-    batch = sharding.global_batch(local, mesh)
-    sums, rows = fn(batch)
-    total = first(sums) if total is None else add(total, sums)
-    if rows is not None:
-      parts.append(to_host({**rows, pipeline.MASK_KEY: batch[pipeline.MASK_KEY]}))
+  total, parts, pending = None, [], collections.deque()  # pending: (sums, rows) of batches in flight
+  device_batches = device_prefetch.DevicePrefetch(batches, mesh, size=prefetch)
+  try:
+    for batch in device_batches:
+      sums, rows = fn(batch)
+      total = first(sums) if total is None else add(total, sums)
+      pending.append((sums, None if rows is None else {**rows, pipeline.MASK_KEY: batch[pipeline.MASK_KEY]}))
+      if len(pending) > prefetch:
+        parts += _settle(pending.popleft())
+  finally:
+    device_batches.close()
+  while pending:
+    parts += _settle(pending.popleft())
   sums = jax.device_get(total) if total is not None else None
   if not parts:
     return sums, None
   cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   keep = cat.pop(pipeline.MASK_KEY).astype(bool)
   return sums, {k: v[keep] for k, v in cat.items()}
+
+
+def _settle(done):
+  """Waits for a batch computed a few batches ago; its rows (if any) on the host, as a 0- or 1-list."""
+  sums, rows = done
+  jax.block_until_ready(sums)
+  return [] if rows is None else [to_host(rows)]
 
 
 def _with_position(i, example):

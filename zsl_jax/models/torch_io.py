@@ -23,6 +23,9 @@ from zsl_jax.errors import UserError
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+)")
 # torch.nn building blocks a pickled model is made of; read as stand-ins like the model itself.
 _TORCH_MODULES = "torch.nn.modules."
+# torch's legacy (pre-1.6, non-zip) `torch.save` files start with this 10-byte magic number, pickled as a long.
+_LEGACY_MAGIC = b"\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"
+_PYTHON_NAME = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
 def _unreadable(path, what, error):
@@ -33,6 +36,29 @@ def _unreadable(path, what, error):
   detail = lines[0][:100] if lines else "no details"
   return UserError(f"{path} is not a readable torch checkpoint or safetensors file ({type(error).__name__}: "
                    f"{detail}); the {what} is truncated or corrupt, or of another format: download or copy it again")
+
+
+def _kind(path):
+  """"zip" (torch.save since 1.6, TorchScript), "legacy" (older torch.save), "pickle" (a plain pickle, which
+  torch only reads to refuse), "safetensors", or None: not a file torch or safetensors could read."""
+  if path.endswith(".safetensors"):
+    return "safetensors"
+  if zipfile.is_zipfile(path):
+    return "zip"
+  with open(path, "rb") as f:
+    head = f.read(64)
+  if _LEGACY_MAGIC in head:
+    return "legacy"
+  if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+    return "pickle"
+  if head[8:10] in (b'{"', b"{}"):  # u64 header length, then the JSON header
+    return "safetensors"
+  return None
+
+
+def _not_torch(path, what):
+  return UserError(f"{path} is not a readable torch checkpoint or safetensors file (no torch or safetensors "
+                   f"header); the {what} is truncated or corrupt, or of another format: download or copy it again")
 
 
 def read_torch_file(path, what, model_classes=()):
@@ -48,7 +74,10 @@ def read_torch_file(path, what, model_classes=()):
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise UserError(f"{what} {path} does not exist; check the path")
-  if path.endswith(".safetensors"):
+  kind = _kind(path)
+  if kind is None:
+    raise _not_torch(path, what)
+  if kind == "safetensors":
     from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
     try:
       return load_file(path)
@@ -79,6 +108,8 @@ def _load_weights_only(torch, path, what, model_classes):
       names = _refused_globals(torch, path, e)
       if not names:
         raise _unreadable(path, what, e) from None
+      if not all(_PYTHON_NAME.fullmatch(n) for n in names):
+        raise _not_torch(path, what) from None  # garbage read as pickle opcodes, not Python objects
       other = [n for n in names if not _may_stand_in(n, model_classes)]
       if other:
         raise _not_weights(path, what, f"Python objects ({', '.join(other[:3])})") from None

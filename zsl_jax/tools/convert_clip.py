@@ -9,6 +9,7 @@ import os
 import sys
 
 from zsl_jax import cli
+from zsl_jax import paths
 from zsl_jax.errors import UserError
 from zsl_jax.models import clip as clip_lib
 from zsl_jax.models.clip import convert as clip_convert
@@ -27,6 +28,7 @@ def parse_args(argv):
 
 def convert(input_path, output_dir, overwrite=False):
   """Converts and writes; returns the CLIPConfig."""
+  paths.check_writable_dir(output_dir, "OUTPUT")
   if os.path.exists(os.path.join(output_dir, clip_lib.CONFIG_FILE)) and not overwrite:
     raise UserError(f"{output_dir} already holds a converted CLIP; pass --overwrite or choose another OUTPUT")
   config, variables = clip_convert.convert(input_path)

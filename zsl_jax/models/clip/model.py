@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zsl_jax.data import transforms
 from zsl_jax.errors import UserError
+from zsl_jax.models.clip import packing
 from zsl_jax.models.clip import text_transformer as tt
 from zsl_jax.models.clip.modified_resnet import ModifiedResNet
 from zsl_jax.models.clip.vit import VisionTransformer
@@ -137,36 +139,46 @@ class CLIP(nn.Module):
       `eval()`) normalises with the frozen running statistics while scale/bias still train. False
       normalises with batch statistics and updates `batch_stats` (torch momentum 0.1) when that
       collection is mutable.
+    remat_text, remat_image: what each tower's blocks keep for the backward pass (`tt.REMAT_POLICIES`);
+      memory for recomputation, numerics unchanged.
+    conv_impl: the ResNet tower's convolutions (`modified_resnet.CONV_IMPLS`).
   """
   config: CLIPConfig
   dtype: jnp.dtype = jnp.float32
   bn_use_running_average: bool = True
+  remat_text: str = "none"
+  remat_image: str = "none"
+  conv_impl: str = "auto"
 
   def setup(self):
     c = self.config
     if c.is_vit:
       self.visual = VisionTransformer(c.image_resolution, c.vision_patch_size, c.vision_width, c.vision_layers,
-                                      c.vision_width // 64, c.embed_dim, self.dtype)
+                                      c.vision_width // 64, c.embed_dim, self.dtype, self.remat_image)
     else:
       self.visual = ModifiedResNet(c.vision_layers, c.embed_dim, c.vision_width * 32 // 64, c.image_resolution,
-                                   c.vision_width, self.dtype)
+                                   c.vision_width, self.dtype, self.conv_impl, self.remat_image)
     w = c.transformer_width
     self.token_embedding = nn.Embed(c.vocab_size, w, embedding_init=nn.initializers.normal(0.02),
                                     dtype=self.dtype, param_dtype=_F32)
     self.positional_embedding = self.param("positional_embedding", nn.initializers.normal(0.01),
                                            (c.context_length, w), _F32)
-    self.transformer = tt.Transformer(w, c.transformer_layers, c.transformer_heads, self.dtype)
+    self.transformer = tt.Transformer(w, c.transformer_layers, c.transformer_heads, self.dtype, self.remat_text)
     self.ln_final = tt.layer_norm(None)
     self.text_projection = self.param("text_projection", nn.initializers.normal(w ** -0.5), (w, c.embed_dim),
                                       _F32)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(np.log(1 / 0.07)), (), _F32)
 
   def encode_image(self, images, train=None):
-    """images [N, R, R, 3] float32 NHWC, CLIP-normalised -> unnormalised features [N, E] float32.
+    """images [N, R, R, 3] NHWC -> unnormalised features [N, E] float32.
 
-    `train=None` follows `bn_use_running_average`; `train=False` forces running statistics (eval);
-    `train=True` uses batch statistics only if `bn_use_running_average` is False.
+    uint8 images (what the loaders send: a quarter of float32's bytes) are CLIP-normalised here, on
+    device; float images must already be CLIP-normalised. `train=None` follows
+    `bn_use_running_average`; `train=False` forces running statistics (eval); `train=True` uses
+    batch statistics only if `bn_use_running_average` is False.
     """
+    if images.dtype == jnp.uint8:
+      images = transforms.normalize_on_device(images)
     if self.config.is_vit:
       return self.visual(images).astype(_F32)
     use_running_average = self.bn_use_running_average or train is False
@@ -184,6 +196,22 @@ class CLIP(nn.Module):
     x = tt.ln_apply(self.ln_final, x)
     eot = jnp.argmax(tokens, axis=-1)  # [N]
     x = x[jnp.arange(n), eot]  # [N, W]
+    return (x @ self.text_projection.astype(self.dtype)).astype(_F32)
+
+  def encode_text_packed(self, tokens, pool):
+    """Prompts packed end to end (`packing.pack`) -> unnormalised features [R, S, E] float32.
+
+    tokens [R, T] int32 (T <= context_length): each prompt starts with SOT; zeros pad a row's end.
+    pool [R, S] int32: the position of each slot's EOT in its row (-1: an empty slot, whose output
+    is meaningless). Attention stays inside each prompt (same segment, causal) and positions restart
+    at its SOT, so a prompt's feature is the one `encode_text` gives it alone.
+    """
+    segment, position = packing.segments_and_positions(tokens)                # [R, T] each
+    x = self.token_embedding(tokens) + self.positional_embedding[position].astype(self.dtype)  # [R, T, W]
+    mask = (segment[:, :, None] == segment[:, None, :]) & tt.causal_mask(tokens.shape[1])  # [R, T, T]
+    x = self.transformer(x, mask[:, None])
+    x = tt.ln_apply(self.ln_final, x)
+    x = jnp.take_along_axis(x, jnp.maximum(pool, 0)[..., None], axis=1)    # [R, S, W]
     return (x @ self.text_projection.astype(self.dtype)).astype(_F32)
 
   def __call__(self, images, tokens, train=None):

@@ -10,6 +10,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zsl_jax.errors import UserError
+
+# model.remat_text / model.remat_image: what a tower's residual blocks keep for the backward pass.
+#   none:          every activation (fastest, most memory)
+#   blocks:        only each block's input; the block's forward runs again in the backward pass
+#   dots_saveable: matmul outputs; elementwise work (norms, softmax, GELU) runs again
+REMAT_POLICIES = ("none", "blocks", "dots_saveable")
+
+
+def remat(block_cls, policy, static_argnums=()):
+  """`block_cls` under rematerialisation `policy` (one of REMAT_POLICIES); parameter names are unchanged."""
+  if policy == "none":
+    return block_cls
+  if policy == "blocks":
+    return nn.remat(block_cls, static_argnums=static_argnums)
+  if policy == "dots_saveable":
+    return nn.remat(block_cls, policy=jax.checkpoint_policies.dots_saveable, static_argnums=static_argnums)
+  raise UserError(f"remat policy {policy!r} is not one of: {', '.join(REMAT_POLICIES)}")
+
 
 def quick_gelu(x):
   """OpenAI's GELU approximation x * sigmoid(1.702 x); the pretrained weights expect it."""
@@ -32,7 +51,11 @@ def causal_mask(length):
 
 
 class MultiheadAttention(nn.Module):
-  """torch.nn.MultiheadAttention (self-attention, fused in_proj, batch-first here)."""
+  """torch.nn.MultiheadAttention (self-attention, fused in_proj, batch-first here).
+
+  `mask`: bool, True where query i may attend to key j; [L, L] for all rows, or [B, 1, L, L] per row
+  (packed prompts).
+  """
   width: int
   heads: int
   dtype: jnp.dtype = jnp.float32
@@ -103,6 +126,7 @@ class _BlockStack(nn.Module):
   layers: int
   heads: int
   dtype: jnp.dtype = jnp.float32
+  remat: str = "none"  # one of REMAT_POLICIES, applied to every block
 
 
 class Transformer(_BlockStack):
@@ -110,7 +134,7 @@ class Transformer(_BlockStack):
 
   @nn.compact
   def __call__(self, x, mask=None):
-    return _ResBlocks(self.width, self.layers, self.heads, self.dtype, name="resblocks")(x, mask)
+    return _ResBlocks(self.width, self.layers, self.heads, self.dtype, self.remat, name="resblocks")(x, mask)
 
 
 class _ResBlocks(_BlockStack):
@@ -118,6 +142,7 @@ class _ResBlocks(_BlockStack):
 
   @nn.compact
   def __call__(self, x, mask=None):
+    block = remat(ResidualAttentionBlock, self.remat)
     for i in range(self.layers):
-      x = ResidualAttentionBlock(self.width, self.heads, self.layers, self.dtype, name=str(i))(x, mask)
+      x = block(self.width, self.heads, self.layers, self.dtype, name=str(i))(x, mask)
     return x

@@ -21,6 +21,7 @@ class VisionTransformer(nn.Module):
   heads: int
   output_dim: int
   dtype: jnp.dtype = jnp.float32
+  remat: str = "none"  # tt.REMAT_POLICIES, per transformer block
 
   @nn.compact
   def __call__(self, x):
@@ -37,7 +38,7 @@ class VisionTransformer(nn.Module):
     cls = jnp.broadcast_to(cls.astype(self.dtype), (n, 1, self.width))
     x = jnp.concatenate([cls, x], axis=1) + pos.astype(self.dtype)[None]  # [N, g*g+1, W]
     x = tt.ln_apply(tt.layer_norm("ln_pre"), x)
-    x = tt.Transformer(self.width, self.layers, self.heads, self.dtype, name="transformer")(x)
+    x = tt.Transformer(self.width, self.layers, self.heads, self.dtype, self.remat, name="transformer")(x)
     x = tt.ln_apply(tt.layer_norm("ln_post"), x[:, 0])  # [N, W]
     proj = self.param("proj", nn.initializers.normal(scale), (self.width, self.output_dim), _F32)
     return x @ proj.astype(self.dtype)

@@ -6,6 +6,7 @@ val_loc); or name each file with data.hdf5 / data.att_splits / data.res101 / dat
 generates a small benchmark in the real file formats into data.demo_dir on first use.
 """
 import ml_collections
+from ml_collections import config_dict
 
 from zsl_jax import config_lib
 
@@ -20,9 +21,14 @@ def data_config(dataset, demo=False):
       dataset=dataset,
       root="",                # folder with feature_map_ResNet_101_<DS>.hdf5 [+ att_splits.mat]
       hdf5="", att_splits="", res101="", w2v="",  # explicit files (override root)
-      in_memory=bool(demo),   # all region features in RAM (CUB, SUN, demo); AWA2 is ~15 GB
+      # Region features: None = in host memory when they fit memory_budget x MemAvailable (AWA2 ~15 GB),
+      # else chunk-aware reads through a block cache of that budget; True / False force one of them.
+      in_memory=True if demo else config_dict.placeholder(bool),
+      memory_budget=0.5,      # share of available memory features may fill per process (> 1: bytes)
+      features_npy="",        # convert_features output (memory-mapped); default: <hdf5 stem>.npy when present
+      window_rows=4096,       # sampler=window: rows per shuffling window (whole chunk blocks)
       clip_negative_att=dataset == "AWA2",  # the reference AWA2 loader zeroes negative attributes
-      sampler="balanced",     # balanced | uniform (the official notebooks' two samplers)
+      sampler="balanced",     # balanced | uniform (the official notebooks' two) | window (chunk-friendly epochs)
       val_seed=0,             # seeded parts of the validation split
       demo=bool(demo),
       demo_dir="~/.cache/zsl_jax/demo",

@@ -14,6 +14,9 @@ counts (hits at each rank, TOR hits, right levels summed per path length, per-de
 counts), which add up over batches and hosts: the sums are the same for any host/device layout,
 and the host only ever holds O(depth + k) numbers, however many images there are. On the host,
 `from_counts` divides: POR = (1/n) sum_L right_L / L exactly (fractions), then rounds once.
+
+Beside these, the same counts carry the hierarchical-consistency metrics HCA, MTA, mistake severity
+and per-depth accuracy (definitions and device code in `eval_suite.consistency`).
 """
 import dataclasses
 import fractions
@@ -22,20 +25,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zsl_jax.projects.hgr.eval_suite import consistency
+
 HIT_KS = (1, 2, 5, 10, 20)
 
 
 @dataclasses.dataclass(frozen=True)
 class Tables:
   """Host tables of one evaluation, built once: which nodes rank for what."""
-  candidates: np.ndarray   # [Nc] nodes ranked for Hit@k (the test classes)
-  position: np.ndarray     # [N] a node's position among the candidates, -1 if not one
-  in_all: np.ndarray       # [N] bool: nodes TOR / POR choose among
-  depth_masks: np.ndarray  # [L, N] bool: nodes of `in_all` at each depth
-  paths: np.ndarray        # [N, L] root-first paths including the node, -1 padded
+  candidates: np.ndarray    # [Nc] nodes ranked for Hit@k (the test classes)
+  position: np.ndarray      # [N] a node's position among the candidates, -1 if not one
+  in_all: np.ndarray        # [N] bool: nodes TOR / POR choose among
+  depth_group: np.ndarray   # [N] depth of each node of `in_all`, L for the others (POR's level classifiers)
+  parent_group: np.ndarray  # [N] parent of each node of `in_all` (N: the root), N + 1 for the others (HCA)
+  paths: np.ndarray         # [N, L] root-first paths including the node, -1 padded
+  cuts: np.ndarray          # [C, N] bool: MTA's tree cuts
 
   @classmethod
-  def build(cls, paths, candidates, all_nodes):
+  def build(cls, paths, candidates, all_nodes, cuts=25, cut_seed=0):
+    """`cuts`: how many tree cuts MTA samples (from `cut_seed`), or the [C, N] bool cuts themselves."""
     paths = np.asarray(paths, np.int32)
     n, max_len = paths.shape
     candidates = np.asarray(candidates, np.int32)
@@ -43,8 +51,11 @@ class Tables:
     position[candidates] = np.arange(len(candidates), dtype=np.int32)
     in_all = np.zeros(n, bool)
     in_all[np.asarray(all_nodes, np.int64)] = True
-    depth = np.where(in_all, (paths >= 0).sum(1) - 1, -1)
-    return cls(candidates, position, in_all, np.stack([depth == d for d in range(max_len)]), paths)
+    depth_group = np.where(in_all, (paths >= 0).sum(1) - 1, max_len).astype(np.int32)
+    if np.ndim(cuts) == 0:
+      cuts = consistency.sample_tree_cuts(paths, int(cuts), cut_seed)
+    cuts = np.asarray(cuts, bool).reshape(-1, n)
+    return cls(candidates, position, in_all, depth_group, consistency.parent_groups(paths, in_all), paths, cuts)
 
   @property
   def k(self):
@@ -65,7 +76,8 @@ def count_batch(scores, labels, mask, tables, k):
   Returns:
     {name: int32 array}: count [], rank_hits [k] (images whose class is ranked r-th), tor [],
     right_by_length / path_by_length [L + 1] (right levels / right consecutive pairs, level 0 for
-    L = 1, summed over the images of each path length), right_by_depth / valid_by_depth [L].
+    L = 1, summed over the images of each path length), right_by_depth / valid_by_depth [L], and
+    `consistency.count`'s hca [], cut_right / cut_valid [C], mistake_depth_hist [L + 1].
   """
   t = {name: jnp.asarray(x) for name, x in tables.items()}
   max_len = t["paths"].shape[1]
@@ -74,18 +86,20 @@ def count_batch(scores, labels, mask, tables, k):
   rank_hits = ((topk == t["position"][labels][:, None]) * m[:, None]).sum(0)        # [k]
   p = t["paths"][labels]                                                           # [b, L]
   valid = p >= 0
-  top1 = jnp.argmax(jnp.where(t["in_all"], scores, -jnp.inf), axis=-1)             # [b]
-  tor = ((p == top1[:, None]).any(1) * m).sum()
-  levels = jnp.argmax(jnp.where(t["depth_masks"][None], scores[:, None, :], -jnp.inf), axis=-1)  # [b, L]
+  top_all = jnp.argmax(jnp.where(t["in_all"], scores, -jnp.inf), axis=-1)         # [b]
+  tor = ((p == top_all[:, None]).any(1) * m).sum()
+  levels = consistency.group_argmax(scores, t["depth_group"], max_len + 1)[:, :max_len]  # [b, L]
   right = (levels == p) & valid                                                    # [b, L]
   pairs = (right[:, :-1] & right[:, 1:] & valid[:, 1:]).sum(1)                     # [b]
   length = valid.sum(1)                                                            # [b]
   path = jnp.where(length > 1, pairs, right[:, 0])
   by_length = jax.nn.one_hot(length, max_len + 1, dtype=jnp.int32) * m[:, None]    # [b, L + 1]
   per_image = lambda x: (by_length * x.astype(jnp.int32)[:, None]).sum(0)
+  hit1 = topk[:, 0] == t["position"][labels]                                       # [b]
+  extra = consistency.count(scores, p, valid, hit1, t["candidates"][topk[:, 0]], m, t)
   return {"count": m.sum(), "rank_hits": rank_hits, "tor": tor, "right_by_length": per_image(right.sum(1)),
           "path_by_length": per_image(path), "right_by_depth": (right * m[:, None]).sum(0),
-          "valid_by_depth": (valid * m[:, None]).sum(0)}
+          "valid_by_depth": (valid * m[:, None]).sum(0), **extra}
 
 
 def _ratio(numerators, count):
@@ -94,7 +108,8 @@ def _ratio(numerators, count):
 
 
 def from_counts(counts):
-  """Summed `count_batch` counts (host numpy) -> {hit@k, tor, por, path_ratio, count}."""
+  """Summed `count_batch` counts (host numpy) -> {hit@k, tor, por, path_ratio, hca, mta, mistake_depth, count,
+  depth_acc (per depth, None where no image is that deep), depth_images, mistake_depth_hist (lists)}."""
   n = int(counts["count"])
   hits = np.cumsum(np.asarray(counts["rank_hits"], np.int64))
   out = {f"hit@{k}": _ratio([int(hits[min(k, len(hits)) - 1])], n) for k in HIT_KS}
@@ -103,7 +118,14 @@ def from_counts(counts):
   out["por"] = _ratio([fractions.Fraction(int(r), length) for length, r in enumerate(right) if length], n)
   out["path_ratio"] = _ratio([fractions.Fraction(int(h), max(length - 1, 1)) for length, h in enumerate(path)
                               if length], n)
+  out["hca"] = _ratio([int(counts["hca"])], n)
+  cut_acc = [fractions.Fraction(int(r), int(v)) for r, v in zip(counts["cut_right"], counts["cut_valid"]) if v]
+  out["mta"] = _ratio(cut_acc, len(cut_acc))
+  hist = [int(h) for h in counts["mistake_depth_hist"]]
+  out["mistake_depth"] = _ratio([d * h for d, h in enumerate(hist)], sum(hist))
   out["count"] = n
+  out["depth_acc"], out["depth_images"] = per_level(counts)
+  out["mistake_depth_hist"] = hist
   return out
 
 

@@ -9,14 +9,20 @@ talking to the others. `dedupe_prompts` then reduces a step to its unique prompt
 device.
 """
 import dataclasses
+import logging
 import math
 
 import numpy as np
 
 from zsl_jax.errors import UserError
+from zsl_jax.models.clip import packing
+
+logger = logging.getLogger(__name__)
 
 SAMPLERS = ("topk", "random", "brothers", "near_simi")
 METHODS = ("OM", "hierarchical")
+ROW_TOKENS = 64  # packed prompt rows: about 6 WordNet prompts each; attention cost grows with it, row-end waste falls
+CHUNKS_AT_MEDIAN = 12  # automatic chunk size: a median step fills about this many chunks (see prompt_layout)
 
 
 @dataclasses.dataclass
@@ -85,21 +91,29 @@ class ContrastSampler:
     row = self.paths[node]
     return row[row >= 0]
 
-  def _negatives(self, anchor, level_depth, anchor_path, rng):
+  def _pool(self, anchor, level_depth, anchor_path):
+    """(key, nodes, excluded): where a contrast's negatives come from, before `excluded` is removed.
+
+    `key` names `nodes` (contrasts with the same key draw from the same nodes), for `step_bound`.
+    """
     d, k = level_depth, self.k
     exclude = set(anchor_path.tolist())
     if self.strategy == "topk":
       depths = range(max(0, d - k), d) if d > 0 else [0]
-      pool = np.concatenate([self.nodes_at_depth[j] for j in depths])
-    elif self.strategy == "random":
-      pool, exclude = self.candidates, {int(anchor)}
-    elif self.strategy == "brothers":
-      pool = self.roots if d == 0 else np.asarray(self.children[anchor_path[d - 1]], np.int32)
-      exclude = {int(anchor)}  # Siblings may include other ancestors of the anchor, as in the reference.
-    else:  # near_simi: nearest prompts in [d - k, d + k], excluding the path and the anchor's children.
-      depths = range(max(0, d - k), min(d + k + 1, len(self.nodes_at_depth)))
-      pool = np.concatenate([self.nodes_at_depth[j] for j in depths])
-      exclude |= set(np.asarray(self.children[anchor], np.int64).tolist())
+      return ("depths", d), np.concatenate([self.nodes_at_depth[j] for j in depths]), exclude
+    if self.strategy == "random":
+      return ("all",), self.candidates, {int(anchor)}
+    if self.strategy == "brothers":
+      parent = -1 if d == 0 else int(anchor_path[d - 1])
+      pool = self.roots if d == 0 else np.asarray(self.children[parent], np.int32)
+      return ("children", parent), pool, {int(anchor)}  # Siblings may include other ancestors, as in the reference.
+    # near_simi: nearest prompts in [d - k, d + k], excluding the path and the anchor's children.
+    depths = range(max(0, d - k), min(d + k + 1, len(self.nodes_at_depth)))
+    exclude |= set(np.asarray(self.children[anchor], np.int64).tolist())
+    return ("near", d), np.concatenate([self.nodes_at_depth[j] for j in depths]), exclude
+
+  def _negatives(self, anchor, level_depth, anchor_path, rng):
+    _, pool, exclude = self._pool(anchor, level_depth, anchor_path)
     pool = pool[~np.isin(pool, np.fromiter(exclude, np.int64, len(exclude)))]
     if len(pool) <= self.num_negatives:
       return pool
@@ -108,13 +122,8 @@ class ContrastSampler:
       return pool[np.argsort(-sim, kind="stable")[:self.num_negatives]]
     return rng.choice(pool, self.num_negatives, replace=False)
 
-  def sample(self, label, rng):
-    """All contrasts for a class-pure batch of `label` (numpy Generator `rng` for the draws)."""
-    c = self.num_negatives + 1
-    node_ids = np.full((self.g_max, c), -1, np.int32)
-    k_index = np.zeros(self.g_max, np.int32)
-    m_index = np.zeros(self.g_max, np.int32)
-    group_mask = np.zeros(self.g_max, bool)
+  def _plan(self, label):
+    """[(k, m, anchor, anchor path, level depth)] of `label`'s contrasts, outer_depths, inner_depths."""
     outer_depths = np.full(self.k_max, -1, np.int32)
     inner_depths = np.full((self.k_max, self.m_max), -1, np.int32)
     path_y = self.path(label)
@@ -134,12 +143,59 @@ class ContrastSampler:
       outer_depths[0] = len(path_y) - 1
       inner_depths[0, :len(path_y)] = np.arange(len(path_y))
       plan = [(0, j, label, path_y, j) for j in range(len(path_y))]
+    return plan, outer_depths, inner_depths
+
+  def sample(self, label, rng):
+    """All contrasts for a class-pure batch of `label` (numpy Generator `rng` for the draws)."""
+    c = self.num_negatives + 1
+    node_ids = np.full((self.g_max, c), -1, np.int32)
+    k_index = np.zeros(self.g_max, np.int32)
+    m_index = np.zeros(self.g_max, np.int32)
+    group_mask = np.zeros(self.g_max, bool)
+    plan, outer_depths, inner_depths = self._plan(label)
     for g, (kk, mm, anchor, path_a, lvl) in enumerate(plan):
       negatives = self._negatives(anchor, lvl, path_a, rng)
       node_ids[g, 0] = anchor
       node_ids[g, 1:1 + len(negatives)] = negatives
       k_index[g], m_index[g], group_mask[g] = kk, mm, True
     return Contrasts(node_ids, k_index, m_index, group_mask, outer_depths, inner_depths)
+
+  def step_bound(self, labels, lengths):
+    """(prompts, tokens): the most unique prompts, and prompt tokens, that one step of any class in
+    `labels` can name, whatever the draws; `lengths` int [N] is each node's prompt length in tokens.
+
+    A contrast whose pool holds at most `num_negatives` nodes names all of them (counted once per
+    step); a larger pool adds at most `num_negatives` nodes, at most the longest ones. Pools are
+    taken before the anchor's exclusions, which can only raise the bound. Both figures are also
+    capped by every node the step's pools can reach.
+    """
+    lengths = np.asarray(lengths, np.int64)
+    stats = {}  # pool key -> (size, tokens of its num_negatives longest prompts)
+    most_prompts = most_tokens = 0
+    for label in np.unique(np.asarray(labels)):
+      fixed = np.zeros(len(self.depth), bool)
+      reach = np.zeros(len(self.depth), bool)
+      drawn_n = drawn_t = 0
+      seen = set()
+      for _, _, anchor, path_a, lvl in self._plan(int(label))[0]:
+        key, pool, _ = self._pool(anchor, lvl, path_a)
+        fixed[anchor] = True
+        if key not in stats:
+          drawn = len(pool) > self.num_negatives
+          top = np.partition(lengths[pool], len(pool) - self.num_negatives)[-self.num_negatives:] if drawn else ()
+          stats[key] = (len(pool), int(np.sum(top)))
+        size, top_tokens = stats[key]
+        if size <= self.num_negatives:
+          fixed[pool] = True
+        else:
+          drawn_n, drawn_t = drawn_n + self.num_negatives, drawn_t + top_tokens
+          if key not in seen:
+            reach[pool] = True
+            seen.add(key)
+      reach |= fixed
+      most_prompts = max(most_prompts, min(int(fixed.sum()) + drawn_n, int(reach.sum())))
+      most_tokens = max(most_tokens, min(int(lengths[fixed].sum()) + drawn_t, int(lengths[reach].sum())))
+    return most_prompts, most_tokens
 
 
 def dedupe_prompts(node_ids, multiple=64):
@@ -156,3 +212,42 @@ def dedupe_prompts(node_ids, multiple=64):
   columns = np.full(node_ids.shape, -1, np.int32)
   columns[valid] = inverse
   return padded, columns, len(unique)
+
+
+def prompt_lengths(tokens):
+  """Tokens up to and including EOT (the largest id) of every prompt [N, L] -> int [N]."""
+  return np.argmax(np.asarray(tokens), axis=1) + 1
+
+
+def prompt_layout(sampler, labels, tokens, devices, chunk_rows=0, seed=0, probe_steps=32):
+  """The static packed layout of a step's unique prompts (`packing.Layout`), and what sized it.
+
+  Capacity: the sampler's worst case (`step_bound`) over the classes `labels`, in rows of
+  ROW_TOKENS tokens (or the longest prompt). Chunk size (`chunk_rows=0`): a multiple of `devices`
+  such that the median of `probe_steps` sampled steps fills about CHUNKS_AT_MEDIAN chunks; the
+  padding encoded is then about half a chunk, a few % of a step. Measured over 500 paper steps on
+  the WordNet hierarchy (benchmarks/hgr_aot.py): fewer, larger chunks pad more; more, smaller ones
+  cost more loop iterations (more kernel launches on a GPU).
+  """
+  lengths = prompt_lengths(tokens)
+  longest, shortest = int(lengths.max()), int(lengths.min())
+  row_tokens = min(max(ROW_TOKENS, longest), np.asarray(tokens).shape[1])
+  most_prompts, most_tokens = sampler.step_bound(labels, lengths)
+  capacity = packing.rows_bound(most_tokens, row_tokens, longest)
+  rng = np.random.default_rng([seed, 11])
+  used = []
+  for label in rng.choice(np.asarray(labels), probe_steps):
+    node_ids = sampler.sample(int(label), rng).node_ids
+    row_of, _ = packing.assign_rows(lengths[np.unique(node_ids[node_ids >= 0])], row_tokens)
+    used.append(int(row_of.max()) + 1)
+  if chunk_rows <= 0:
+    chunk_rows = devices * max(1, round(float(np.median(used)) / (devices * CHUNKS_AT_MEDIAN)))
+  elif chunk_rows % devices:
+    raise UserError(f"hgr.prompt_chunk_rows={chunk_rows} is not a multiple of the {devices} devices the "
+                    f"prompts are divided over; use a multiple of {devices}, or 0 to size it automatically")
+  layout = packing.Layout(row_tokens, row_tokens // shortest, chunk_rows, -(-capacity // chunk_rows))
+  info = dict(most_prompts=most_prompts, most_tokens=most_tokens, median_rows=float(np.median(used)))
+  logger.info("packed prompts: %d chunks of %d rows x %d tokens (a step names at most %d prompts, %d tokens; "
+              "a median step fills %.0f rows), divided over %d devices", layout.chunks, chunk_rows, row_tokens,
+              most_prompts, most_tokens, info["median_rows"], devices)
+  return layout, info

@@ -2,15 +2,15 @@
 
 Per step the host draws one class's images (`data.batchers`, class-pure), samples every
 contrast's negatives (`negatives.ContrastSampler`, seeded by (seed, step) so a resumed run
-draws the same ones), deduplicates the prompts and truncates their tokens after the last EOT.
-The device encodes the images once and the unique prompts once, then scores all contrasts as one
-[G, B, C] tensor. The adaptive level weights θ are parameters (`hgr/level_theta`) with their own
-optimizer group.
+draws the same ones), deduplicates the prompts and packs them end to end into the static chunks
+of `negatives.prompt_layout` (`models.clip.packing`). The device encodes the images once and
+the unique prompts once, each device its share of the chunks in use, then scores all contrasts
+as one [G, B, C] tensor. The adaptive level weights θ are parameters (`hgr/level_theta`) with
+their own optimizer group.
 """
 import dataclasses
 import functools
 import logging
-import math
 import pathlib
 
 import jax
@@ -19,12 +19,17 @@ import numpy as np
 
 from zsl_jax import checkpoint as ckpt_lib
 from zsl_jax import config_lib
+from zsl_jax import sharding
 from zsl_jax import trainer as base
 from zsl_jax.data import demo_cache
 from zsl_jax.data import pipeline
 from zsl_jax.data import sampling
 from zsl_jax.errors import UserError
 from zsl_jax.models import clip as clip_lib
+from zsl_jax.models.clip import modified_resnet
+from zsl_jax.models.clip import packing
+from zsl_jax.models.clip import text_transformer
+from zsl_jax.projects.hgr import demo_compare
 from zsl_jax.projects.hgr import loss as hgr_loss
 from zsl_jax.projects.hgr import negatives
 from zsl_jax.projects.hgr.data import array_record
@@ -38,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("custom",) + tuple(clip_lib.PRESETS)  # model.name: a CLIP preset, or custom sizes
 CONTRAST_KEYS = ("columns", "k_index", "m_index", "group_mask", "outer_depths", "inner_depths")
+PROMPT_KEYS = ("prompt_tokens", "prompt_pool", "prompt_chunks", "num_prompts")  # packed prompts (`AddContrasts`)
 
 
 def preset_name(name):
@@ -93,44 +99,52 @@ def level_counts(hierarchy):
   return np.asarray([len(n) for n in hierarchy.nodes_at_depth], np.float32)
 
 
-def _bucket(n, minimum=64):
-  """Next power of two >= n (and >= minimum): few distinct prompt-batch shapes, few compiles."""
-  return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
-
-
 @dataclasses.dataclass
 class AddContrasts:
-  """grain map (with the step as index): sample the step's contrasts and gather its prompts.
+  """grain map (with the step as index): sample the step's contrasts and pack its unique prompts.
 
-  Every host computes the same contrasts (same seed, same step, same class), so the contrast
-  arrays are replicated batch entries; the images stay sharded.
+  Every host computes the same contrasts (same seed, same step, same class), so the contrast and
+  prompt arrays are replicated batch entries; the images stay sharded. `columns` index the packed
+  prompt slots. Without a `layout`, the one of a single device is used.
   """
   sampler: negatives.ContrastSampler
   classes: batchers.ClassPureSampler
   tokens: np.ndarray
   seed: int
+  layout: packing.Layout | None = None
+
+  def __post_init__(self):
+    self.lengths = negatives.prompt_lengths(self.tokens)
+    if self.layout is None:
+      self.layout, _ = negatives.prompt_layout(self.sampler, self.classes.classes, self.tokens, 1, seed=self.seed)
 
   def __call__(self, step, batch):
     label = self.classes.step_label(step)
     rng = np.random.default_rng([self.seed, 7, int(step)])
     contrasts = self.sampler.sample(label, rng)
     unique, columns, n = negatives.dedupe_prompts(contrasts.node_ids, multiple=1)
-    size = _bucket(n)
-    nodes = np.full(size, unique[0], np.int32)
-    nodes[:n] = unique[:n]
+    nodes = unique[:n]
+    tokens, pool, slot, chunks = packing.pack(self.tokens[nodes], self.lengths[nodes], self.layout)
     out = dict(batch)
-    out["prompt_tokens"] = tokenizer.truncate_tokens(self.tokens[nodes])
-    out["columns"] = columns
+    out.update(prompt_tokens=tokens, prompt_pool=pool, prompt_chunks=np.int32(chunks), num_prompts=np.int32(n))
+    out["columns"] = np.where(columns >= 0, slot[np.maximum(columns, 0)], -1).astype(np.int32)
     for key in CONTRAST_KEYS[1:]:
       out[key] = getattr(contrasts, key)
-    out["num_prompts"] = np.int32(n)
     return out
+
+
+def text_tokens(batch, layout):
+  """(prompt tokens, tokens encoded) of a step from `AddContrasts`: a prompt's tokens are contiguous
+  from its row's start, so a row holds (its last EOT position + 1) of them."""
+  pool = np.asarray(batch["prompt_pool"])
+  useful = int((pool.max(axis=1) + 1).sum())
+  return useful, int(batch["prompt_chunks"]) * layout.chunk_rows * layout.row_tokens
 
 
 class Trainer(base.Trainer):
   """config.trainer = "hgr"."""
 
-  replicated_batch_keys = ("prompt_tokens", "num_prompts") + CONTRAST_KEYS
+  replicated_batch_keys = PROMPT_KEYS + CONTRAST_KEYS
 
   @classmethod
   def check_config(cls, config):
@@ -139,15 +153,27 @@ class Trainer(base.Trainer):
     config_lib.check_choices(config, {
         "hgr.method": negatives.METHODS, "hgr.sampler": negatives.SAMPLERS, "hgr.level_weights": hgr_loss.SCHEMES,
         "hgr.index_by": hgr_loss.INDEX_BY, "hgr.weighting": hgr_loss.WEIGHTINGS,
-        "data.images": array_record.IMAGE_SOURCES})
+        "data.images": array_record.IMAGE_SOURCES, "model.remat_text": text_transformer.REMAT_POLICIES,
+        "model.remat_image": text_transformer.REMAT_POLICIES, "model.conv_impl": modified_resnet.CONV_IMPLS})
     config_lib.check_choice(config, "model.name", MODEL_NAMES, normalize=preset_name)
+    chunk_rows = config_lib.lookup(config, "hgr.prompt_chunk_rows", 0)
+    if not isinstance(chunk_rows, int) or chunk_rows < 0:
+      raise UserError(f"hgr.prompt_chunk_rows={chunk_rows!r}; give a whole number of packed prompt rows per "
+                      f"chunk, a multiple of the device count, or 0 to size it automatically")
+
+  @classmethod
+  def next_run(cls, config, workdir):
+    """The demo's flat CLIP baseline after HGR-Net, then the comparison table (`demo_compare`)."""
+    return demo_compare.next_run(config, workdir)
 
   def __init__(self, config, mesh):
     super().__init__(config, mesh)
     self.hierarchy, self.index = prepare_data(config.data, array_record.needed_selections(config))
     self.clip_config = clip_config(config.model)
-    self.module = clip_lib.CLIP(self.clip_config, self.dtype,
-                                bn_use_running_average=not config.model.bn_train)
+    m = config.model
+    self.module = clip_lib.CLIP(self.clip_config, self.dtype, bn_use_running_average=not m.bn_train,
+                                remat_text=m.get("remat_text", "none"), remat_image=m.get("remat_image", "none"),
+                                conv_impl=m.get("conv_impl", "auto"))
     self.tokens = prompt_tokens(self.hierarchy, config.hgr.template)
     self.level_counts = level_counts(self.hierarchy)
     self.paths = self.hierarchy.path_array()
@@ -188,23 +214,47 @@ class Trainer(base.Trainer):
     return {"params": variables["params"]["clip"], "batch_stats": variables.get("batch_stats", {})}
 
   # ------------------------------------------------------------------ loss
-  def encode(self, variables, images, tokens, train=False):
-    """Normalised image [B, E] and prompt [U, E] features (and BatchNorm updates when training them)."""
+  def encode_images(self, variables, images, train=False):
+    """Normalised image features [B, E] (and BatchNorm updates when training them)."""
     clip_vars = self.clip_variables(variables)
     if train and self.config.model.bn_train:
       img, updates = self.module.apply(clip_vars, images, train=True, method=clip_lib.CLIP.encode_image,
                                        mutable=["batch_stats"])
     else:
       img, updates = self.module.apply(clip_vars, images, method=clip_lib.CLIP.encode_image), {}
-    txt = self.module.apply(clip_vars, tokens, method=clip_lib.CLIP.encode_text)
-    img = img / jnp.linalg.norm(img, axis=-1, keepdims=True)
-    txt = txt / jnp.linalg.norm(txt, axis=-1, keepdims=True)
-    return img, txt, updates
+    return img / jnp.linalg.norm(img, axis=-1, keepdims=True), updates
+
+  def encode(self, variables, images, tokens, train=False):
+    """Normalised image [B, E] and prompt [U, E] features of plain token rows [U, L] (and BatchNorm updates)."""
+    img, updates = self.encode_images(variables, images, train)
+    txt = self.module.apply(self.clip_variables(variables), tokens, method=clip_lib.CLIP.encode_text)
+    return img, txt / jnp.linalg.norm(txt, axis=-1, keepdims=True), updates
+
+  def _packed_features(self, clip_vars, tokens, pool):
+    """Normalised features [r, S, E] of packed rows; an empty slot gets a finite stand-in (never scored),
+    so that no 0 / 0 reaches the gradient."""
+    feats = self.module.apply(clip_vars, tokens, pool, method=clip_lib.CLIP.encode_text_packed)
+    feats = jnp.where((pool >= 0)[..., None], feats, 1.0)
+    return feats / jnp.linalg.norm(feats, axis=-1, keepdims=True)
+
+  def encode_step_prompts(self, variables, batch):
+    """Normalised features [slots, E] of the step's packed prompts: the chunks in use, each device its rows."""
+    return packing.encode_chunks(self._packed_features, self.clip_variables(variables), batch["prompt_tokens"],
+                                 batch["prompt_pool"], batch["prompt_chunks"], self.layout, self.mesh)
+
+  @functools.cached_property
+  def layout(self):
+    """The static packed-prompt layout of training steps (`negatives.prompt_layout`), for this mesh."""
+    labels = np.unique(self.index.labels(self._train_rows()))
+    layout, _ = negatives.prompt_layout(self.sampler, labels, self.tokens, sharding.batch_devices(self.mesh),
+                                        self.config.hgr.get("prompt_chunk_rows", 0), seed=self.config.seed)
+    return layout
 
   def loss(self, variables, batch, rng, step):
     del rng, step
     h = self.config.hgr
-    img, txt, updates = self.encode(variables, batch["image"], batch["prompt_tokens"], train=True)
+    img, updates = self.encode_images(variables, batch["image"], train=True)
+    txt = self.encode_step_prompts(variables, batch)
     contrasts = {k: batch[k] for k in CONTRAST_KEYS}
     theta = variables["params"]["hgr"]["level_theta"]
     weights = hgr_loss.contrast_weights(h.level_weights, contrasts, theta, self.level_counts, h.weighting,
@@ -212,7 +262,8 @@ class Trainer(base.Trainer):
     logit_scale = variables["params"]["clip"]["logit_scale"]
     loss, _ = hgr_loss.om_loss(img, txt, batch["columns"], weights, logit_scale, batch[pipeline.MASK_KEY])
     metrics = {"logit_scale": jnp.exp(logit_scale), "contrasts": batch["group_mask"].sum(),
-               "prompts": batch["num_prompts"], "images": batch[pipeline.MASK_KEY].sum()}
+               "prompts": batch["num_prompts"], "prompt_chunks": batch["prompt_chunks"],
+               "images": batch[pipeline.MASK_KEY].sum()}
     return loss, (updates, metrics)
 
   # ------------------------------------------------------------------ data
@@ -233,7 +284,7 @@ class Trainer(base.Trainer):
     classes = batchers.ClassPureSampler(self.index.labels(rows), rows, self.config.batch_size, self.config.seed)
     load = imagenet21k.LoadImage(self.index, self.clip_config.image_resolution, "clip")
     return sampling.iterator(classes, load, per_row=True,
-                             step_map=AddContrasts(self.sampler, classes, self.tokens, self.config.seed),
+                             step_map=AddContrasts(self.sampler, classes, self.tokens, self.config.seed, self.layout),
                              num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
 
   def _similarity_fn(self):
@@ -274,8 +325,23 @@ class Trainer(base.Trainer):
 
   @functools.cached_property
   def encode_prompts_fn(self):
-    """(variables, tokens [U, L]) -> normalised prompt features [U, E]."""
-    return self._normalised_tower(clip_lib.CLIP.encode_text)
+    """(variables, tokens [U, L]) -> normalised prompt features [U, E], replicated; each device encodes
+    1/D of the rows (padded to a multiple of D with copies of the first)."""
+    def tower(clip_vars, tokens):
+      out = self.module.apply(clip_vars, tokens, method=clip_lib.CLIP.encode_text)
+      return out / jnp.linalg.norm(out, axis=-1, keepdims=True)
+
+    split = sharding.split_rows(tower, self.mesh)
+    encode = jax.jit(lambda variables, tokens: split(self.clip_variables(variables), tokens))
+    devices = sharding.batch_devices(self.mesh)
+
+    def encode_prompts(variables, tokens):
+      tokens = np.asarray(tokens)
+      pad = -len(tokens) % devices
+      padded = np.concatenate([tokens, np.repeat(tokens[:1], pad, 0)]) if pad else tokens
+      return encode(variables, padded)[:len(tokens)]
+
+    return encode_prompts
 
   @functools.cached_property
   def encode_images_fn(self):

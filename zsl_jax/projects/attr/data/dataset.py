@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from zsl_jax.errors import UserError
+from zsl_jax.projects.attr.data import feature_store
 from zsl_jax.projects.attr.data import region_features
 from zsl_jax.projects.attr.data import validation
 from zsl_jax.projects.attr.data import word_vectors
@@ -165,7 +166,8 @@ def _add_image_splits(ds, labels, splits, **validation_args):
 
 def load_zsl_dataset(name, *, att_splits=None, res101=None, hdf5=None, w2v=None, attribute_names=None,
                      in_memory=False, normalize_features=False, clip_negative_att=False, val_seed=0,
-                     val_seen_fraction=0.2, val_class_fraction=None):
+                     val_seen_fraction=0.2, val_class_fraction=None, memory_budget=feature_store.MEMORY_BUDGET,
+                     features_npy=None):
   """Builds a `ZSLDataset` from xlsa17 files and/or a DAZLE hdf5.
 
   Args:
@@ -175,11 +177,15 @@ def load_zsl_dataset(name, *, att_splits=None, res101=None, hdf5=None, w2v=None,
     hdf5: DAZLE-layout feature file; alone it is enough (its att, locs, labels and w2v_att are used).
     w2v: [I, D] array or a path (.pkl/.npy) overriding the hdf5's `w2v_att`.
     attribute_names: list or a names file (`*_new_des.csv`, predicates.txt, attributes.txt/.mat).
-    in_memory: load all region features into RAM (CUB and the demo fit; AWA2 is ~15 GB).
+    in_memory: True: all region features in host memory; False: read chunk-aware (or memory-mapped with
+      `features_npy`); None: in memory when they fit `memory_budget` x the available memory
+      (`feature_store`; AWA2 is ~15 GB, CUB ~4.7 GB).
     normalize_features: L2-normalise each region vector (DAZLE's normalize_F).
     clip_negative_att: zero negative attribute entries before the row normalisation, as DAZLE's
       AWA2 loader does (AWA2's att has 4 small negative entries from -1 "unknown" values).
     val_seed, val_seen_fraction, val_class_fraction: the validation split (`validation.validation_split`).
+    memory_budget: fraction of the available memory features may fill (automatic mode, block caches).
+    features_npy: the hdf5's conversion by `python -m zsl_jax.tools.convert_features`, memory-mapped.
   """
   name = xlsa17.check_dataset_name(name)
   if att_splits is None and hdf5 is None:
@@ -204,6 +210,7 @@ def load_zsl_dataset(name, *, att_splits=None, res101=None, hdf5=None, w2v=None,
                       val_class_fraction=val_class_fraction)
   if hdf5 is not None:
     ds.features = region_features.RegionFeatureSource(hdf5, ds.labels, in_memory=in_memory,
-                                                      normalize=normalize_features)
+                                                      normalize=normalize_features, memory_budget=memory_budget,
+                                                      npy=features_npy)
   logger.info("%s", ds.summary())
   return ds

@@ -8,6 +8,7 @@ from zsl_jax.errors import UserError
 from zsl_jax.projects.attr.config import DEMO
 from zsl_jax.projects.attr.data import dataset
 from zsl_jax.projects.attr.data import demo as synthetic_zsl
+from zsl_jax.projects.attr.data import feature_store
 from zsl_jax.projects.attr.data import xlsa17
 
 
@@ -35,6 +36,18 @@ def demo_files(data):
   return {"hdf5": str(folder / f"feature_map_ResNet_101_{name}.hdf5"), "att_splits": str(folder / "att_splits.mat")}
 
 
+def converted_features(data, hdf5):
+  """config.data.features_npy, else the converted `<hdf5 stem>.npy` beside the hdf5 when one exists, else None."""
+  if data.get("features_npy"):
+    path = os.path.expanduser(data.features_npy)
+    if not os.path.isfile(path):
+      raise UserError(f"config.data.features_npy={path} not found; run python -m zsl_jax.tools.convert_features "
+                      f"--hdf5 {hdf5}")
+    return path
+  beside = os.path.splitext(hdf5)[0] + ".npy"
+  return beside if not data.demo and os.path.isfile(beside) else None
+
+
 def load_dataset(config):
   """ZSLDataset from config.data (demo, root folder or explicit files)."""
   d = config.data
@@ -52,7 +65,8 @@ def load_dataset(config):
     raise UserError(f"no region features for {name}: pass --config.data.root=<folder with feature_map_ResNet_101_"
                     f"{name}.hdf5> or --config.data.hdf5=<file>, or use the :demo config")
   ds = dataset.load_zsl_dataset(name, **{k: (v or None) for k, v in files.items()}, in_memory=d.in_memory,
-                                val_seed=d.val_seed)
+                                val_seed=d.val_seed, memory_budget=d.get("memory_budget", feature_store.MEMORY_BUDGET),
+                                features_npy=converted_features(d, files["hdf5"]))
   if ds.w2v is None:
     raise UserError(f"{name}: no attribute word vectors; pass --config.data.w2v=<{name}_attribute.pkl>")
   return ds

@@ -1,16 +1,22 @@
 """DAZLE's region-feature files (`feature_map_ResNet_101_<DS>.hdf5`) and grain sources over them.
 
 The hdf5 holds `feature_map` [N, F, h, w] plus small arrays (labels, split locs, att, w2v_att), all
-0-based and classes-major. AWA2's file is ~15 GB, so `RegionFeatureSource` reads rows through h5py
-on demand; CUB and the demo fit in RAM with `in_memory=True`.
+0-based and classes-major. AWA2's file is ~15 GB inflated; `RegionFeatureSource` holds it in host
+memory when it fits and otherwise reads it chunk-aware (`feature_store`, `hdf5_rows`).
 """
+import logging
 import os
+import time
 
 import h5py
 import numpy as np
 
 from zsl_jax.errors import UserError
+from zsl_jax.projects.attr.data import feature_store
+from zsl_jax.projects.attr.data import hdf5_rows
 from zsl_jax.projects.attr.data import xlsa17
+
+logger = logging.getLogger(__name__)
 
 _HDF5_KEYS = ("feature_map", "labels") + xlsa17.SPLIT_KEYS + ("att", "original_att")
 
@@ -66,74 +72,64 @@ class RegionFeatureSource:
 
   `feature_map` rows are [F, h, w]; they are returned regions-major ([h*w, F], float32) as the
   models consume them, optionally L2-normalised per region (DAZLE's `normalize_F`; all-zero
-  regions, e.g. SUN's undecodable images, stay zero). The file is opened lazily once per process
-  (grain workers fork or spawn, and h5py handles must not cross processes), so instances pickle cheaply.
+  regions, e.g. SUN's undecodable images, stay zero). Where the rows live (`feature_store`): in host
+  memory when `in_memory` is True, or when it is None (automatic) and they fit `memory_budget` x the
+  available memory; otherwise read chunk-aware through a block cache; or memory-mapped from `npy`, the
+  file's conversion (`python -m zsl_jax.tools.convert_features`). Every mode returns the same values.
+  Instances pickle cheaply (files reopen per process) except in memory, where the array travels.
   """
 
-  def __init__(self, path, labels, *, in_memory=False, normalize=False, key="feature_map"):
+  def __init__(self, path, labels, *, in_memory=False, normalize=False, key="feature_map",
+               memory_budget=feature_store.MEMORY_BUDGET, npy=None, threads=None):
     self.path = os.fspath(path)
     self.key = key
     self.normalize = normalize
     self.labels = np.asarray(labels, np.int32)
-    self._file = None
-    self._pid = None
-    self._memory = None
-    with _open_hdf5(self.path) as f:
-      shape = f[key].shape
-    if shape[0] != self.labels.size:
-      raise UserError(f"{path}: {shape[0]} feature maps but {self.labels.size} labels; the feature file "
+    _open_hdf5(self.path).close()
+    reader = hdf5_rows.Hdf5Rows(self.path, key, threads=threads)
+    if reader.num_rows != self.labels.size:
+      raise UserError(f"{path}: {reader.num_rows} feature maps but {self.labels.size} labels; the feature file "
                       f"and the label file belong to different datasets")
-    self.feature_dim = int(shape[1])
-    self.num_regions = int(np.prod(shape[2:]))
-    if in_memory:  # One sequential read; [N, F, h, w] -> [N, R, F].
-      raw = np.asarray(self._dataset()[()], np.float32).reshape(len(self), self.feature_dim, self.num_regions)
-      self._memory = self._post(np.ascontiguousarray(raw.transpose(0, 2, 1)))
-      self._file.close()
-      self._file = None
+    self.feature_dim, self.num_regions, self.block_rows = reader.feature_dim, reader.num_regions, reader.block_rows
+    nbytes = reader.num_rows * reader.row_bytes
+    name = os.path.basename(self.path)
+    shape = f"[{reader.num_rows}, {self.num_regions}, {self.feature_dim}]"
+    if npy:
+      feature_store.check_converted(npy, (reader.num_rows, self.num_regions, self.feature_dim),
+                                    feature_store.fingerprint(self.path, key))
+    if npy and not in_memory:  # The page cache already keeps what fits: no second copy.
+      memory, why = False, "converted layout" + ("" if in_memory is None else "; config.data.in_memory=False")
+    else:
+      memory, why = feature_store.choose_in_memory(nbytes, in_memory, memory_budget)
+    if memory:
+      start = time.perf_counter()
+      array = np.load(npy) if npy else feature_store.load_all(reader, normalize)
+      if npy and normalize:
+        feature_store.l2_normalize_(array)
+      self.store = feature_store.MemoryStore(array)
+      self.mode = "memory"
+      logger.info("features %s %s: in host memory (%s); read in %.1f s", name, shape, why,
+                  time.perf_counter() - start)
+    elif npy:
+      self.store, self.mode = feature_store.MemmapStore(npy, normalize), "memmap"
+      logger.info("features %s %s: memory-mapped from %s (%s)", name, shape, npy, why)
+    else:
+      self.store = feature_store.CachedStore(reader, feature_store.budget_bytes(memory_budget), normalize)
+      self.mode = "chunked"
+      logger.info("features %s %s: chunk-aware, %s (%s); for reads without inflation convert once with "
+                  "`python -m zsl_jax.tools.convert_features --hdf5 %s`", name, shape, self.store.describe(), why,
+                  self.path)
 
   def __len__(self):
     return int(self.labels.size)
 
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state["_file"] = state["_pid"] = None
-    return state
-
-  def _dataset(self):
-    if self._file is None or self._pid != os.getpid():
-      self._file = h5py.File(self.path, "r")
-      self._pid = os.getpid()
-    return self._file[self.key]
-
-  def _post(self, feats):  # [..., R, F]
-    if self.normalize:
-      feats = feats / np.maximum(np.linalg.norm(feats, axis=-1, keepdims=True), 1e-12)
-    return feats
-
   def get_batch(self, indices):
     """Features of many rows at once: int array [B] -> float32 [B, R, F] (any order, repeats ok)."""
-    indices = np.asarray(indices, np.int64)
-    if self._memory is not None:
-      return self._memory[indices]
-    order = np.argsort(indices, kind="stable")
-    uniq, inverse = np.unique(indices[order], return_inverse=True)
-    if uniq.size and uniq[-1] - uniq[0] + 1 == uniq.size:  # Contiguous rows: a slice reads much faster.
-      rows = self._dataset()[int(uniq[0]):int(uniq[-1]) + 1]
-    elif uniq.size:
-      rows = self._dataset()[uniq]
-    else:
-      rows = np.zeros((0, self.feature_dim, self.num_regions), np.float32)
-    rows = np.asarray(rows, np.float32).reshape(uniq.size, self.feature_dim, self.num_regions)
-    out = np.empty((indices.size, self.num_regions, self.feature_dim), np.float32)
-    out[order] = rows[inverse].transpose(0, 2, 1)
-    return self._post(out)
+    return self.store.gather(np.asarray(indices, np.int64))
 
   def __getitem__(self, index):
     index = int(index)
-    if self._memory is not None:
-      feats = self._memory[index]
-    else:
-      feats = self._post(np.asarray(self._dataset()[index], np.float32).reshape(self.feature_dim, -1).T)  # [R, F]
+    feats = self.store.row(index)  # [R, F]
     return {"features": np.ascontiguousarray(feats), "label": self.labels[index], "index": np.int32(index)}
 
 

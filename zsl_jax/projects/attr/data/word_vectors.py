@@ -8,14 +8,18 @@ embedding lacks (the reference skipped them silently, leaving e.g. SUN's "man-ma
 row).
 """
 import csv
+import logging
 import os
 import pickle
 import re
 
 import numpy as np
 
+from zsl_jax import paths
 from zsl_jax.errors import UserError
 from zsl_jax.projects.attr.data import mat_files
+
+logger = logging.getLogger(__name__)
 
 # Per-dataset name cleaning as DAZLE's extract_attribute_w2v_* scripts do it.
 _AWA2_WORDS = {"newworld": "new world", "oldworld": "old world", "nestspot": "nest spot",
@@ -71,6 +75,9 @@ def read_attribute_names(path, dataset):
       raise UserError(f"{path} has no new_des column; pass DAZLE's attribute/<DS>/new_des.csv")
     col = rows[0].index("new_des")
     names = [r[col] for r in rows[1:] if len(r) > col]
+    if len(names) < len(rows) - 1:
+      logger.warning("%s: %d of %d rows have no new_des value and are left out", path, len(rows) - 1 - len(names),
+                     len(rows) - 1)
     if dataset.upper() == "AWA2":
       names = [_replace_words(n.strip(), _AWA2_WORDS) for n in names]
     return [" ".join(n.split()) for n in names]
@@ -90,6 +97,26 @@ def read_attribute_names(path, dataset):
 # ----------------------------------------------------------------------------------------------
 # Word-vector files.
 
+# What a pickled numpy array refers to (numpy 1.x and 2.x module names); nothing else is unpickled.
+_ARRAY_GLOBALS = {(f"numpy.{core}.{module}", name) for core in ("core", "_core")
+                  for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                                       ("numeric", "_frombuffer"))}  # _frombuffer: protocol 5
+_ARRAY_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: protocol-2 bytes
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+  """Unpickles numpy arrays and plain containers only, so a word-vector pickle cannot run code."""
+
+  def find_class(self, module, name):
+    if (module, name) not in _ARRAY_GLOBALS:
+      raise pickle.UnpicklingError(f"it refers to {module}.{name}, which is not part of a numpy array")
+    return super().find_class(module, name)
+
+
+def _unpickle_array(path):
+  with open(path, "rb") as f:
+    return _ArrayUnpickler(f).load()
+
 
 def load_vector_array(path):
   """An [I, D] array from a DAZLE pickle (`<DS>_attribute.pkl`) or a `.npy` file, as float64."""
@@ -98,14 +125,12 @@ def load_vector_array(path):
     raise UserError(f"word-vector array {path} not found; pass DAZLE's w2v/<DS>_attribute.pkl or the output of "
                     f"`python -m zsl_jax.tools.word_vectors`")
   try:
-    if path.endswith(".npy"):
-      arr = np.load(path)
-    else:
-      with open(path, "rb") as f:
-        arr = pickle.load(f)
-  except (pickle.UnpicklingError, ValueError, EOFError, OSError) as e:
-    raise UserError(f"{path} is not a pickled or .npy array ({e}); pass a <DS>_attribute.pkl") from e
-  arr = np.asarray(arr)
+    arr = np.load(path) if path.endswith(".npy") else _unpickle_array(path)
+    arr = np.asarray(arr)
+  except Exception as e:  # pylint: disable=broad-except  (bytes read as pickle opcodes fail in many ways)
+    detail = " ".join(str(e).split())[:120] or type(e).__name__
+    raise UserError(f"{path} is not a pickled or .npy array ({detail}); pass a <DS>_attribute.pkl or the "
+                    f"output of `python -m zsl_jax.tools.word_vectors`") from None
   if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
     raise UserError(f"{path} holds {arr.dtype} {arr.shape}, not an [attributes, dim] matrix")
   return arr.astype(np.float64)
@@ -114,6 +139,7 @@ def load_vector_array(path):
 def save_vector_array(path, vectors):
   """Writes [I, D] float64 vectors as DAZLE did (pickle protocol 3) or as `.npy`."""
   vectors = np.asarray(vectors, np.float64)
+  paths.make_parent(path)
   if os.fspath(path).endswith(".npy"):
     np.save(path, vectors)
   else:
@@ -130,24 +156,37 @@ def load_text_vectors(path, vocab=None):
     dict word -> float32 [D].
   """
   vocab = None if vocab is None else set(vocab)
-  out, dim = {}, None
+  out, dim, short = {}, None, 0
   with open(path, encoding="utf-8", errors="replace") as f:
     for lineno, line in enumerate(f):
       parts = line.rstrip("\n").rstrip(" ").split(" ")
       if lineno == 0 and len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
         continue  # word2vec text header
       if len(parts) < 2:
+        short += bool(parts[0].strip())  # blank lines are not counted
         continue
       if dim is None:
         dim = len(parts) - 1
       if len(parts) - 1 != dim:
         raise UserError(f"{path} line {lineno + 1} has {len(parts) - 1} values, earlier lines {dim}; the file is "
                         f"not a GloVe/word2vec text file (words with spaces are not supported)")
-      if vocab is None or parts[0] in vocab:
-        out[parts[0]] = np.asarray(parts[1:], np.float32)
+      if vocab is None or parts[0] in vocab or not out:  # the first vector is parsed always: is this a vector file?
+        out[parts[0]] = _text_vector(path, lineno, parts)
   if dim is None:
     raise UserError(f"{path} holds no vectors; pass a GloVe .txt or word2vec file")
-  return out
+  if short:
+    logger.warning("%s: %d lines hold a word without a vector and are left out", path, short)
+  return {w: v for w, v in out.items() if vocab is None or w in vocab}
+
+
+def _text_vector(path, lineno, parts):
+  """float32 [D] of one `word v1 ... vD` line; UserError when the values are not numbers (not a vector file)."""
+  try:
+    return np.asarray(parts[1:], np.float32)
+  except ValueError:
+    start = " ".join(parts)[:40]
+    raise UserError(f"{path} line {lineno + 1} is not `word v1 ... vD` with numbers (it starts {start!r}); pass a "
+                    f"GloVe .txt or word2vec .txt/.bin file") from None
 
 
 def load_word2vec_binary(path, vocab=None):

@@ -61,30 +61,26 @@ class DAZLE(nn.Module):
     """features [B, R, F]; att [K, I] (rows L2-normalised); margin [K] (+bias unseen, -bias seen)."""
     att, margin = self.class_inputs(att, margin)
     # The official init: W_1 ~ N(0, 1) unscaled, W_2 = W_3 = 0 (uniform attention at step 0).
-    _, q = attention.attribute_queries(
+    Vn, (w1, w2, w3) = attention.attribute_maps(
         self, (("W_1", nn.initializers.normal(1.0)), ("W_2", nn.initializers.zeros), ("W_3", nn.initializers.zeros)),
         num_attributes=self.num_attributes, w2v_dim=self.w2v_dim, feature_dim=self.feature_dim,
         normalize_V=self.normalize_V, trainable_w2v=self.trainable_w2v)
-    hp = attention.HIGHEST
-    x = attention.region_features(features, self.normalize_F)
-    R = x.shape[1]
-    alpha, h = attention.attend(q["W_2"], x)  # [B, I, R], [B, I, F]
-    pool = jnp.full_like(alpha, 1.0 / R) if self.uniform_att_1 else alpha
-    if self.is_sigmoid:  # Non-linear per-region scores: pool the scores, not the features.
-      region_scores = jax.nn.sigmoid(jnp.einsum("if,brf->bir", q["W_1"], x, precision=hp))
-      e = jnp.einsum("bir,bir->bi", pool, region_scores, precision=hp)
-    elif self.uniform_att_1:
-      e = jnp.einsum("if,bf->bi", q["W_1"], x.mean(1), precision=hp)
-    else:
-      e = jnp.einsum("if,bif->bi", q["W_1"], h, precision=hp)  # [B, I], linear: same as pooling region scores
+    x, scale = attention.region_scale(features, self.normalize_F)  # [B, R, F], [B, R]
+    # One GEMM for the region scores of W_1, the attention logits and (unless β ≡ 1) the W_3 scores.
+    s = attention.region_scores(Vn, (w1, w2) if self.uniform_att_2 else (w1, w2, w3), x, scale)  # [B, R, I, M]
+    alpha = attention.attend(s[..., 1])  # [B, R, I]
+    region_scores = jax.nn.sigmoid(s[..., 0]) if self.is_sigmoid else s[..., 0]
+    # Σ_r α S (the official S_p); linear scores make it W_1 of the attended features F_p.
+    e = region_scores.mean(1) if self.uniform_att_1 else attention.pool(alpha, region_scores)  # [B, I]
     if self.non_linear_act:
       e = jax.nn.relu(e)
-    beta = attention.attribute_weights(q["W_3"], h)  # [B, I]
+    s3 = attention.region_scores(Vn, (w3,), x, scale)[..., 0] if self.uniform_att_2 else s[..., 2]
+    beta = attention.attribute_weights(attention.pool(alpha, s3))  # [B, I] (only an output when β ≡ 1)
     weight = jnp.ones_like(beta) if self.uniform_att_2 else beta
-    raw = jnp.einsum("ki,bi->bk", att, weight * e, precision=hp)  # [B, K]
+    raw = jnp.einsum("ki,bi->bk", att, weight * e, precision=attention.HIGHEST)  # [B, K]
     scores = raw + margin if self.is_bias else raw
-    return {"scores": scores, "scores_raw": raw, "attention": alpha, "attribute_attention": beta,
-            "attribute_scores": e, "attribute_features": h}
+    return {"scores": scores, "scores_raw": raw, "attention": alpha.transpose(0, 2, 1), "attribute_attention": beta,
+            "attribute_scores": e, "attribute_features": attention.attribute_features(alpha, x, scale)}
 
 
 def universe_inputs(att, classes, unseen_classes, bias=1.0):

@@ -29,17 +29,20 @@ class MaskedAttention(nn.Module):
   @nn.compact
   def __call__(self, features, mask):
     # The reference initialises W_2, W_3 ~ N(0, 1) here (zeros would mask every attribute).
-    _, q = attention.attribute_queries(
+    Vn, maps = attention.attribute_maps(
         self, (("W_2", nn.initializers.normal(1.0)), ("W_3", nn.initializers.normal(1.0))),
         num_attributes=self.num_attributes, w2v_dim=self.w2v_dim, feature_dim=self.feature_dim,
         normalize_V=self.normalize_V, trainable_w2v=self.trainable_w2v)
-    x = attention.region_features(features, self.normalize_F)
+    x, scale = attention.region_scale(features, self.normalize_F)  # [B, R, F], [B, R]
     mask = mask.astype(bool)
-    alpha, h = attention.attend(q["W_2"], x, mask)  # [B, I, R], [B, I, F] (zero for absent attributes)
-    weights = attention.attribute_weights(q["W_3"], h, mask)  # [B, I]
-    embedding = jnp.einsum("bi,bif->bf", weights, h, precision=attention.HIGHEST)  # [B, F]
-    return {"embedding": embedding, "attention": alpha, "attribute_attention": weights,
-            "attribute_features": h}
+    s = attention.region_scores(Vn, maps, x, scale)  # [B, R, I, 2]: attention logits, W_3 scores
+    alpha = attention.attend(s[..., 0], mask)  # [B, R, I] (zero for absent attributes)
+    weights = attention.attribute_weights(attention.pool(alpha, s[..., 1]), mask)  # [B, I]
+    # f = Σ_i w_i h_i = Σ_r (Σ_i w_i α_ri) x_r / |x_r|: one weight per region, no [B, I, F] features.
+    region_weights = jnp.einsum("bri,bi->br", alpha, weights, precision=attention.HIGHEST) * scale  # [B, R]
+    embedding = jnp.einsum("br,brf->bf", region_weights, x, precision=attention.HIGHEST)  # [B, F]
+    return {"embedding": embedding, "attention": alpha.transpose(0, 2, 1), "attribute_attention": weights,
+            "attribute_features": attention.attribute_features(alpha, x, scale)}
 
 
 class MLP(nn.Module):

@@ -24,6 +24,7 @@ from PIL import Image
 
 from zsl_jax import cli
 from zsl_jax import engine
+from zsl_jax import paths
 from zsl_jax.data.images import decode_rgb
 from zsl_jax.data.transforms import center_crop
 from zsl_jax.data.transforms import imagenet_preprocess
@@ -38,7 +39,10 @@ def load_run(run, step=-1):
   path = pathlib.Path(run) / "config.json"
   if not path.exists():
     raise UserError(f"{run} has no config.json; pass --run=<a zsl_jax training workdir>")
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  try:
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  except ValueError as e:
+    raise UserError(f"{path} is not readable JSON ({e}); pass --run=<a zsl_jax training workdir>") from None
   if config.trainer not in ("dazle", "vsmr"):
     raise UserError(f"{run} trained {config.trainer!r}; attention maps exist for dazle and vsmr runs")
   config.mesh.data, config.mesh.fsdp = -1, 1
@@ -129,6 +133,7 @@ def main(argv=None):
     for path in args.images:
       if not os.path.isfile(path):
         raise UserError(f"image {path} not found")
+    paths.check_writable_dir(args.out, "--out")
     trainer, variables = load_run(args.run, args.step)
     ds = trainer.dataset
     labels = [None] * len(args.images)

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zsl_jax import cli
+from zsl_jax import paths as paths_lib
 from zsl_jax.data import pipeline
 from zsl_jax.data.images import CorruptImageError
 from zsl_jax.data.images import decode_rgb
@@ -76,6 +77,7 @@ class _ImageSource:
 
 
 def _create_output(path, n, feat_shape, meta, attrs, gzip_level):
+  paths_lib.make_parent(path)
   tmp = path + ".creating"
   with h5py.File(tmp, "w") as f:
     f.create_dataset("feature_map", shape=(n,) + feat_shape, dtype=np.float32, compression="gzip",
@@ -93,7 +95,11 @@ def _create_output(path, n, feat_shape, meta, attrs, gzip_level):
 
 
 def _open_output(path, n, feat_shape, meta, attrs, gzip_level):
-  """Opens (resume) or creates the output; returns the h5py file or None when already complete."""
+  """Opens (resume) or creates the output; returns the h5py file or None when already complete.
+
+  An existing file, finished or not, must have been written with this run's settings (`attrs`: weights hash,
+  resolution, dtype, ...): otherwise its features are not the ones asked for, and the run stops naming them.
+  """
   if not os.path.exists(path):
     _create_output(path, n, feat_shape, meta, attrs, gzip_level)
   try:
@@ -103,16 +109,30 @@ def _open_output(path, n, feat_shape, meta, attrs, gzip_level):
       stored = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
   except OSError as e:
     raise UserError(f"{path} exists but is not a readable hdf5 file ({e}); move it away or choose another --out") from e
-  diff = [k for k in attrs if str(stored.get(k)) != str(attrs[k])]
-  if unfinished and diff:
-    raise UserError(f"{path} is an unfinished extraction with different settings ({', '.join(diff)}); re-run with "
-                    f"the original arguments, or delete it to start over")
+  _check_settings(path, stored, attrs, unfinished)
   if not fits:
     raise UserError(f"{path} exists and is not a {n} x {feat_shape} feature file of this run; move it away or "
                     f"choose another --out")
   if not unfinished:
     return None
   return h5py.File(path, "r+")
+
+
+def _check_settings(path, stored, attrs, unfinished):
+  """UserError naming each setting of `attrs` that differs from the one the existing file was written with."""
+  if "weights_sha256" not in stored:
+    raise UserError(f"{path} exists but was not written by extract_features (it stores no settings); move it away "
+                    f"or choose another --out")
+  diff = [k for k in attrs if str(stored.get(k)) != str(attrs[k])]
+  if not diff:
+    return
+  shown = lambda k, v: f"{str(v)[:12]}..." if k == "weights_sha256" else str(v)
+  what = ", ".join(f"{k}: file {shown(k, stored.get(k))}, this run {shown(k, attrs[k])}" for k in diff)
+  if unfinished:
+    raise UserError(f"{path} is an unfinished extraction with different settings ({what}); re-run with the original "
+                    f"arguments, or delete it to start over")
+  raise UserError(f"{path} is a finished extraction with different settings ({what}); choose another --out, or move "
+                  f"the file away to extract again")
 
 
 def _write_rows(f, indices, feats):
@@ -163,6 +183,7 @@ def extract(dataset, images, xlsa17, weights, out, *, resolution=224, batch_size
   dataset = zb.check_dataset_name(dataset)
   images, xlsa17, weights, out = (os.fspath(p) for p in (images, xlsa17, weights, out))
   _check_options(resolution, dtype, batch_size)
+  paths_lib.check_writable_file(out, "--out")
   splits, res, w2v_arr = _load_annotations(dataset, xlsa17, w2v)
   n = res["labels"].size
   paths, missing = _image_paths(dataset, images, res["image_files"], skip_missing)

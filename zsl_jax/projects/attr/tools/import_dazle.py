@@ -10,11 +10,13 @@ an `.npz` (params, constants, options). Both the `.pth` and the `.npz` can be gi
 import argparse
 import json
 import sys
+import zipfile
 
 import jax
 import numpy as np
 
 from zsl_jax import cli
+from zsl_jax import paths
 from zsl_jax.errors import UserError
 from zsl_jax.models import torch_io
 from zsl_jax.projects.attr.data import dataset as zsl_dataset
@@ -28,9 +30,7 @@ def read_torch_state_dict(path):
   """A state dict from a DAZLE file: an import_dazle `.npz`, or a torch file holding a state dict (bare or
   under 'state_dict' / 'model'), or the whole pickled `DAZLE` model (read weights-only, see `torch_io`)."""
   if str(path).endswith(".npz"):
-    with np.load(path) as z:
-      return {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("params/")} | (
-          {"att": z["constants/att"]} if "constants/att" in z.files else {})
+    return _read_npz(path)
   obj = torch_io.read_torch_file(path, "DAZLE checkpoint", model_classes=("DAZLE",))
   for key in ("state_dict", "model", "model_state_dict"):
     if isinstance(obj, dict) and key in obj:
@@ -40,6 +40,23 @@ def read_torch_state_dict(path):
   if not isinstance(obj, dict):
     raise UserError(f"{path} holds a {type(obj).__name__}, not a DAZLE state dict; save model.state_dict()")
   return {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
+
+
+def _read_npz(path):
+  """The params (and att) of an import_dazle `.npz`; never unpickles (allow_pickle stays False)."""
+  try:
+    loaded, arrays = np.load(path), {}
+    if isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file gives an array instead
+      with loaded:
+        arrays = {k: loaded[k] for k in loaded.files}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise UserError(f"{path} is not a readable .npz file ({type(e).__name__}); the DAZLE checkpoint is truncated, "
+                    f"corrupt or of another format: pass an import_dazle .npz or the official DAZLE .pth") from None
+  params = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("params/")}
+  if not params:
+    raise UserError(f"{path} holds no params/ arrays: not an .npz written by zsl_jax.tools.import_dazle; pass that "
+                    f"file or the official DAZLE .pth")
+  return params | ({"att": arrays["constants/att"]} if "constants/att" in arrays else {})
 
 
 def convert(state_dict, seen_classes, unseen_classes, check=True, **options):
@@ -55,6 +72,7 @@ def convert(state_dict, seen_classes, unseen_classes, check=True, **options):
 
 
 def save_npz(path, variables, options):
+  paths.make_parent(path)
   arrays = {f"{col}/{k}": np.asarray(v) for col in ("params", "constants") for k, v in variables[col].items()}
   np.savez(path, options=json.dumps(options), **arrays)
 
@@ -76,11 +94,12 @@ def _parser():
 
 
 def _run(args):
+  paths.check_writable_file(args.out, "--out")
   if args.hdf5 is None and (args.att_splits is None or args.res101 is None):
     raise UserError("pass --hdf5, or --att-splits with --res101, to know the seen and unseen classes")
+  sd = read_torch_state_dict(args.checkpoint)  # first: a file that is no DAZLE checkpoint fails at once
   ds = zsl_dataset.load_zsl_dataset(args.dataset, hdf5=args.hdf5, att_splits=args.att_splits, res101=args.res101)
   options = {f: getattr(args, f) for f in OPTION_FLAGS}
-  sd = read_torch_state_dict(args.checkpoint)
   module, variables = convert(sd, ds.seen_classes, ds.unseen_classes, att=None if "att" in sd else ds.att,
                               **options)
   save_npz(args.out, variables, options)

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from zsl_jax import cli
+from zsl_jax import paths
 from zsl_jax.errors import UserError
 from zsl_jax.projects.attr.data import word_vectors as wv
 
@@ -43,6 +44,7 @@ def _run(args):
     missing.append("--vectors")
   if missing:
     raise UserError(f"missing {', '.join(missing)}; see --help")
+  paths.check_writable_file(args.out, "--out")
   names = wv.read_attribute_names(args.names, args.dataset)
   vectors = wv.load_word_vectors(args.vectors, args.format, vocab=wv.name_words(names))
   arr, oov = wv.attribute_vectors(names, vectors, lowercase_fallback=not args.no_lowercase_fallback)
@@ -52,7 +54,9 @@ def _run(args):
 
 
 def main(argv=None):
-  return cli.run_command("word_vectors", _run, _parser().parse_args(argv))
+  args = _parser().parse_args(argv)
+  cli.show_warnings()  # words or rows left out are counted in warnings
+  return cli.run_command("word_vectors", _run, args)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,21 @@
 """A small ImageNet-21K-like folder with real WNIDs, built in seconds, for demos and tests.
 
 Real ImageNet-21K cannot be downloaded here, yet the whole HGR-Net pipeline (hierarchy, splits,
-class-pure loading, hierarchical metrics) should run end to end. The demo uses 39 real WordNet
+class-pure loading, hierarchical metrics) should run end to end, and the demo should show what the
+method is for: recognising classes it never saw from their names. The demo uses 39 real WordNet
 3.0 classes from three subtrees (dog, bird, musical instrument), each with three mid-level
 classes and three leaves: two ILSVRC-1K leaves (seen) and one ImageNet-21K-only leaf (unseen)
 per mid-level class; the top and mid-level classes are unseen too, as in the real 21K-D split.
-An image shows the visual patterns of its class and its ancestors: a colour for the top-level
-subtree, a stripe texture for the mid level, a shape for the leaf, plus noise, so a model that
-learns ancestor concepts has signal on unseen siblings.
+
+An image shows the visual factors of its class and its ancestors: a background colour for the
+top-level subtree, a stripe orientation for the mid level, a shape for the leaf, plus noise. The
+prompts name those factors ("orange", "orange vertical", "orange vertical triangle"; `prompt_name`)
+instead of the WordNet names, which a text tower trained from scratch on 18 classes could never
+relate to anything. Every word of an unseen class's name occurs in seen class names, but the
+unseen leaf's (stripe, shape) pair occurs in no seen class: a model that learns word -> visual
+factor on the seen classes recognises the unseen ones from their prompts alone (zero-shot).
+The WNIDs, the tree and the XML keep the real WordNet names; `meta/class_names.json` maps each
+WNID to both, and `prepare_demo(names="xml")` builds the hierarchy with the real names instead.
 
 Layout written under `root` (the same layout real data uses; see `make_demo`):
 
@@ -19,6 +27,7 @@ Layout written under `root` (the same layout real data uses; see `make_demo`):
   meta/imagenet21k_p.txt                       a 21K-P-style subset (leaves and mid levels)
   meta/structure_released.xml                  ImageNet's XML format, incl. a fa11misc/food subtree
   meta/universe.json                           classes + their non-class WordNet ancestors
+  meta/class_names.json                        {wnid: {"wordnet": real name, "prompt": factor words}}
 """
 import functools
 import json
@@ -31,12 +40,15 @@ import numpy as np
 
 from zsl_jax.data import demo_cache
 from zsl_jax.data import images
+from zsl_jax.errors import UserError
+from zsl_jax.projects.hgr.hierarchy import graph as graph_lib
 from zsl_jax.projects.hgr.tools import build_hierarchy
 from zsl_jax.projects.hgr.tools import make_splits
 
 # Bump when the demo (images, class lists, hierarchy or index) changes for the same arguments:
 # builds are cached by it, so every run then builds the new demo instead of reusing the old one.
-VERSION = 1
+VERSION = 2  # 2: prompts name the visual factors (zero-shot signal); stripe orientation by mid level.
+NAMES = ("factors", "xml")  # prepare_demo(names=...): the prompts' class names
 _PREPARED = "prepared.json"  # The returned dict, its paths relative to the build folder.
 
 # (wnid, reference class name, parent wnid or None for a top class, seen in ILSVRC-1K)
@@ -88,12 +100,20 @@ DEMO_TREE = (
 NON_CLASS = (("n00015388", "animal", None), ("n02083346", "canine", "n00015388"), ("n03183080", "device", None))
 _NON_CLASS_PARENT = {"n02084071": "n02083346", "n01503061": "n00015388", "n03800933": "n03183080"}
 FOOD = ("n00021265", "food, nutrient")
-_COLOURS = np.array([[200, 110, 50], [50, 150, 220], [160, 60, 170]], np.float32)
+# The visual factors and the words that name them (index = position in the tree; see `_pattern`).
+COLOURS = (("orange", (200, 110, 50)), ("blue", (50, 150, 220)), ("purple", (160, 60, 170)))  # top level
+STRIPES = (("vertical", 0.0), ("horizontal", 0.5), ("diagonal", 0.25))  # mid level: wave direction / pi
+SHAPES = ("circle", "square", "triangle")  # leaf level
+
+
+def design():
+  """The generator's constants that decide its output (part of the demo cache key)."""
+  return {"tree": DEMO_TREE, "colours": COLOURS, "stripes": STRIPES, "shapes": SHAPES}
 
 
 def demo_classes():
   """{wnid: (name, parent, seen, level, (top, mid, leaf) positions)} in DEMO_TREE order."""
-  out, pos = {}, {}
+  out = {}
   for wnid, name, parent, seen in DEMO_TREE:
     if parent is None:
       p = (sum(1 for v in out.values() if v[3] == 0), None, None)
@@ -104,22 +124,40 @@ def demo_classes():
       level = out[parent][3] + 1
       p = (pp[0], siblings, None) if level == 1 else (pp[0], pp[1], siblings)
     out[wnid] = (name, parent, seen, level, p)
-    pos[wnid] = p
   return out
 
 
+def shape_of(position):
+  """Leaf shape index: within a mid-level class the unseen leaf (third) gets the shape that the
+  seen leaves of the other mid-level classes show, so its (stripe, shape) pair is new but each part is known."""
+  _, mid, leaf = position
+  return (leaf + mid) % len(SHAPES)
+
+
+def prompt_name(position):
+  """The class name the prompts use: the words of the class's factors, ancestors first."""
+  top, mid, leaf = position
+  words = [COLOURS[top][0]]
+  if mid is not None:
+    words.append(STRIPES[mid][0])
+  if leaf is not None:
+    words.append(SHAPES[shape_of(position)])
+  return " ".join(words)
+
+
 def _pattern(rng, size, position):
-  """[size, size, 3] float image: colour(top) + stripes(mid) + shape(leaf) + noise."""
+  """[size, size, 3] uint8 image: colour(top) + stripes(mid) + shape(leaf) + noise."""
   top, mid, leaf = position
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-  img = np.broadcast_to(_COLOURS[top] * rng.uniform(0.85, 1.15), (size, size, 3)).copy()
+  colour = np.asarray(COLOURS[top][1], np.float32)
+  img = np.broadcast_to(colour * rng.uniform(0.85, 1.15), (size, size, 3)).copy()
   if mid is not None:
-    theta = np.pi * mid / 3 + rng.normal(0, 0.05)
-    period = size / (4 + 2 * top)
+    theta = np.pi * STRIPES[mid][1] + rng.normal(0, 0.05)
+    period = size / rng.uniform(3.5, 5.5)
     phase = rng.uniform(0, 2 * np.pi)
     img += 45 * np.sin(2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period + phase)[..., None]
   if leaf is not None:
-    shape = (leaf + mid) % 3  # Every shape occurs in some seen class, so unseen leaves reuse known parts.
+    shape = shape_of(position)
     r = size * rng.uniform(0.22, 0.3)
     cy, cx = rng.uniform(r, size - r, 2)
     if shape == 0:
@@ -154,7 +192,7 @@ def make_demo(root, *, image_size=64, train_per_class=24, val_per_class=6, image
 
   Returns:
     dict with keys root, ilsvrc_train, ilsvrc_val, imagenet21k, testsets, winter21, p_list, xml,
-    universe (paths as strings) and seen/unseen (WNID lists).
+    universe, class_names (paths as strings) and seen/unseen (WNID lists).
   """
   t0 = time.time()
   root = pathlib.Path(root)
@@ -165,7 +203,8 @@ def make_demo(root, *, image_size=64, train_per_class=24, val_per_class=6, image
   paths = {"root": root, "ilsvrc_train": root / "ilsvrc" / "train", "ilsvrc_val": root / "ilsvrc" / "val",
            "imagenet21k": root / "imagenet21k", "testsets": root / "meta" / "imagenet-testsets.json",
            "winter21": root / "meta" / "winter_2021.txt", "p_list": root / "meta" / "imagenet21k_p.txt",
-           "xml": root / "meta" / "structure_released.xml", "universe": root / "meta" / "universe.json"}
+           "xml": root / "meta" / "structure_released.xml", "universe": root / "meta" / "universe.json",
+           "class_names": root / "meta" / "class_names.json"}
   for p in ("ilsvrc_train", "ilsvrc_val", "imagenet21k"):
     paths[p].mkdir(parents=True, exist_ok=True)
   (root / "meta").mkdir(parents=True, exist_ok=True)
@@ -193,36 +232,54 @@ def make_demo(root, *, image_size=64, train_per_class=24, val_per_class=6, image
   _write_xml(paths["xml"], classes)
   universe = list(classes) + [w for w, _, p in NON_CLASS if p or w != "n00015388"]
   paths["universe"].write_text(json.dumps(sorted(universe)))
+  names = {w: {"wordnet": v[0], "prompt": prompt_name(v[4])} for w, v in classes.items()}
+  paths["class_names"].write_text(json.dumps(names, indent=1))
   out = {k: str(v) for k, v in paths.items()}
   out.update(seen=seen, unseen=unseen, seconds=round(time.time() - t0, 2))
   return out
 
 
-def prepare_demo(root, *, seed=0, source="imagenet_xml", **kwargs):
+def prepare_demo(root, *, seed=0, source="imagenet_xml", names="factors", **kwargs):
   """make_demo + build_hierarchy + make_splits, built once into a keyed folder under `root`.
 
-  The folder's name carries a hash of the arguments (make_demo's defaults included) and VERSION,
-  so a changed generator builds anew; concurrent callers end with one complete copy (see
+  `names`: "factors" names every class by its visual factors (`prompt_name`, the zero-shot demo);
+  "xml" keeps the real WordNet names of the XML. The folder's name carries a hash of the arguments
+  (make_demo's defaults included), of the generator's constants (`design`) and of VERSION, so a
+  changed generator builds anew; concurrent callers end with one complete copy (see
   `zsl_jax.data.demo_cache`). `**kwargs` go to `make_demo`.
 
   Returns:
     the `make_demo` dict for the build folder plus 'hierarchy_dir' (hierarchy.json,
     class_splits.json) and 'index' (image index directory).
   """
-  params = {**demo_cache.arguments(make_demo, seed=seed, **kwargs), "source": source}
-  build = functools.partial(_build, seed=seed, source=source, **kwargs)
+  if names not in NAMES:
+    raise UserError(f"demo class names {names!r} are not one of: {', '.join(NAMES)}")
+  params = {**demo_cache.arguments(make_demo, seed=seed, **kwargs), "source": source, "names": names,
+            "design": design()}
+  build = functools.partial(_build, seed=seed, source=source, names=names, **kwargs)
   built = demo_cache.build_once(root, "imagenet21k", params, build, version=VERSION)
   info = json.loads((built / _PREPARED).read_text())
   relative = info.pop("relative")
   return {**info, **{k: str(built / rel) for k, rel in relative.items()}}
 
 
-def _build(work, final, *, seed, source, **kwargs):
-  """Writes the whole demo into `work`; the index names its image folders under `final`."""
-  paths = make_demo(work, seed=seed, **kwargs)
+def _hierarchy(paths, source, names):
+  """build_hierarchy on the demo's files; with names="factors" the prompts name the visual factors."""
   h, cs, g = build_hierarchy.build(source, paths["testsets"], paths["winter21"], xml=paths["xml"],
                                    universe=paths["universe"], p_list=paths["p_list"],
                                    names="xml" if source == "imagenet_xml" else "wordnet")
+  if names == "factors":
+    prompt = {w: v["prompt"] for w, v in json.loads(pathlib.Path(paths["class_names"]).read_text()).items()}
+    meta = {**h.meta, "names": "demo factors (zsl_jax.projects.hgr.data.demo.prompt_name)"}
+    h = graph_lib.Hierarchy(h.wnids, [prompt[w] for w in h.wnids], h.parents, h.ancestor_path, meta,
+                            h.root_children)
+  return h, cs, g
+
+
+def _build(work, final, *, seed, source, names, **kwargs):
+  """Writes the whole demo into `work`; the index names its image folders under `final`."""
+  paths = make_demo(work, seed=seed, **kwargs)
+  h, cs, g = _hierarchy(paths, source, names)
   hdir, index = work / "hierarchy", work / "index"
   build_hierarchy.write(hdir, h, cs, g)
   roots = {k: paths[k] for k in ("ilsvrc_train", "ilsvrc_val", "imagenet21k")}

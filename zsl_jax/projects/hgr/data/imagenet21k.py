@@ -21,13 +21,15 @@ from zsl_jax.data import transforms
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr.hierarchy import splits as splits_lib
 
+logger = logging.getLogger(__name__)
+
 _LOGGED = set()  # Per process: files already reported.
 
 
 def _log_once(key, msg, *args):
   if key not in _LOGGED:
     _LOGGED.add(key)
-    logging.warning(msg, *args)
+    logger.warning(msg, *args)
 
 
 class ImageIndex:
@@ -135,28 +137,33 @@ class RowSource:
 
 
 def _preprocess_fn(name, image_size):
+  """Decoded -> image array: CLIP as uint8 (the model normalises on device), ImageNet as float32."""
   if name == "clip":
-    return lambda img: transforms.clip_preprocess(img, image_size)
+    return lambda d: transforms.clip_pixels(d.image, image_size, d.scale, d.full_size)
   if name == "imagenet":
-    return lambda img: transforms.imagenet_preprocess(img, image_size, image_size)
+    return lambda d: transforms.imagenet_preprocess(d.image, image_size, image_size)
   raise UserError(f"unknown preprocessing {name!r}; choose 'clip' or 'imagenet'")
 
 
 class LoadImage(grain.transforms.Map):
-  """{'row'} -> {'image' float32 [S, S, 3], 'label' int32, '_mask', '_skipped'} via `index.read(row)`.
+  """{'row'} -> {'image' [S, S, 3], 'label' int32, '_mask', '_skipped'} via `index.read(row)`.
 
-  Rows < 0 are padding (`_mask` False). Undecodable files give a zero image, `_mask` False and
-  `_skipped` True; they are logged once per process.
+  CLIP images are uint8 (a quarter of float32's host->device bytes; `CLIP.encode_image` normalises
+  them on device), ImageNet-preprocessed ones float32. `draft=True` decodes large CLIP JPEGs at a
+  reduced DCT scale (`images.decode`; tolerance in `zsl_jax.data.transforms`); False is bit-exact
+  with torchvision. Rows < 0 are padding (`_mask` False). Undecodable files give a zero image,
+  `_mask` False and `_skipped` True; they are logged once per process.
   """
 
-  def __init__(self, index=None, image_size=224, preprocess="clip"):
+  def __init__(self, index=None, image_size=224, preprocess="clip", draft=True):
     self.index = index
     self.image_size = image_size
     self.preprocess = preprocess
+    self.draft = draft
     self._fn = None
 
   def __getstate__(self):
-    return {"index": self.index, "image_size": self.image_size, "preprocess": self.preprocess}
+    return {"index": self.index, "image_size": self.image_size, "preprocess": self.preprocess, "draft": self.draft}
 
   def __setstate__(self, state):
     self.__init__(**state)
@@ -165,22 +172,24 @@ class LoadImage(grain.transforms.Map):
     if self._fn is None:
       self._fn = _preprocess_fn(self.preprocess, self.image_size)
     s = self.image_size
+    dtype = np.uint8 if self.preprocess == "clip" else np.float32
     row = int(element.get("row", 0))
-    out = {"image": np.zeros((s, s, 3), np.float32), "label": np.int32(0), pipeline.MASK_KEY: np.bool_(False),
+    out = {"image": np.zeros((s, s, 3), dtype), "label": np.int32(0), pipeline.MASK_KEY: np.bool_(False),
            "_skipped": np.bool_(False)}
     if row < 0:
       return out
     source, label, where = self.index.read(row)
     out["label"] = np.int32(label)
+    min_short = s if self.draft and self.preprocess == "clip" else None
     try:
-      img, kind = images.decode_rgb(source)
+      decoded = images.decode(source, min_short)
     except (images.CorruptImageError, FileNotFoundError) as e:
       _log_once(where, "skipping undecodable image %s: %s", where, e)
       out["_skipped"] = np.bool_(True)
       return out
-    if kind is not None:
-      _log_once(where, "converted %s image %s to RGB", kind, where)
-    out["image"] = self._fn(img)
+    if decoded.kind is not None:
+      _log_once(where, "converted %s image %s to RGB", decoded.kind, where)
+    out["image"] = self._fn(decoded)
     out[pipeline.MASK_KEY] = np.bool_(True)
     return out
 
@@ -205,27 +214,26 @@ def reference_loader_rows(rows, labels, batch_size=512, num_workers=12):
 
 
 def eval_dataset(index, split, classes, global_batch_size, *, image_size=224, preprocess="clip",
-                 process_index=None, process_count=None, emulate_reference_loader=False):
+                 process_index=None, process_count=None, emulate_reference_loader=False, draft=True):
   """Exact evaluation batches: every image once over all hosts, padded and masked.
 
   `emulate_reference_loader=True` instead scores the reference's duplicated subset
-  (`reference_loader_rows`), to compare with published numbers.
+  (`reference_loader_rows`), to compare with published numbers. `draft` as in `LoadImage`.
 
   Returns:
-    (MapDataset of batches {'image' [b, S, S, 3], 'label' [b], '_mask' [b], '_skipped' [b]},
-    number of images). Summing `_skipped` over batches (and hosts) counts undecodable files.
+    (MapDataset of batches {'image' [b, S, S, 3] (uint8 for CLIP), 'label' [b], '_mask' [b],
+    '_skipped' [b]}, number of images). Summing `_skipped` over batches (and hosts) counts
+    undecodable files.
   """
   rows = index.rows(split, classes)
   if emulate_reference_loader:
     rows = reference_loader_rows(rows, index.labels(rows))
-  ds = grain.MapDataset.source(RowSource(rows)).map(LoadImage(index, image_size, preprocess))
+  ds = grain.MapDataset.source(RowSource(rows)).map(LoadImage(index, image_size, preprocess, draft))
   return pipeline.padded_eval_dataset(ds, global_batch_size, process_index=process_index,
                                       process_count=process_count, zero_on_pad=("_skipped",)), len(rows)
 
 
-def eval_iterator(batches, *, num_threads=8, prefetch_buffer_size=4, num_workers=0):
-  """Iterates `eval_dataset` batches with decode threads and optional grain worker processes."""
-  it_ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
-  if num_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return iter(it_ds)
+def eval_iterator(batches, *, num_threads=0, prefetch_buffer_size=0, num_workers=0):
+  """Iterates `eval_dataset` batches with the training loader's settings (`pipeline.to_iter_dataset`:
+  0 = from the core count) and optional grain worker processes."""
+  return iter(pipeline.to_iter_dataset(batches, num_threads, prefetch_buffer_size, num_workers))

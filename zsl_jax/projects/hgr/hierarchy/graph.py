@@ -6,7 +6,8 @@ replaced by the food subtree inside it), then removes every node that is not a c
 each removed node's parents to its children. Users without the XML can rebuild the graph from
 WordNet 3.0 hypernyms restricted to a WNID universe. Both give a DAG rooted at a synthetic
 `fall11`; `Hierarchy` fixes one shortest ancestor path per class with a deterministic tie-break
-(smallest WNID sequence), so every run and every host sees the same paths.
+(smallest WNID sequence, or the reference's networkx choice: `tie_break.py`), so every run and every
+host sees the same paths.
 """
 import collections
 import json
@@ -16,9 +17,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from zsl_jax.errors import UserError
+from zsl_jax.projects.hgr.hierarchy import tie_break as tie_break_lib
 from zsl_jax.projects.hgr.hierarchy import wordnet
 
-ROOT = "fall11"
+ROOT = tie_break_lib.ROOT  # "fall11"
 MISC = "fa11misc"
 FOOD = "n00021265"  # "food, nutrient": the one subtree of `misc` the reference keeps.
 
@@ -230,26 +232,14 @@ class Hierarchy:
             "root_children": len(self.root_children), "shared_names": len(self.shared_names())}
 
   @classmethod
-  def from_graph(cls, graph, names_fn, meta=None):
-    """Fixes one shortest root path per node; ties go to the smallest WNID sequence."""
+  def from_graph(cls, graph, names_fn, meta=None, tie_break="wnid"):
+    """Fixes one shortest root path per node; `tie_break` picks among several (`tie_break.RULES`)."""
     nodes = _preorder(graph)
     index = {w: i for i, w in enumerate(nodes)}
     parents = [[index[p] for p in graph.parents[w] if p != ROOT] for w in nodes]
-    paths, frontier = {}, [w for w in graph.children[ROOT]]
-    for w in frontier:
-      paths[w] = ()
-    while frontier:  # BFS by level: a node's first level is its shortest distance.
-      nxt = {}
-      for u in frontier:
-        for c in graph.children[u]:
-          if c in paths:
-            continue
-          cand = paths[u] + (u,)
-          if c not in nxt or cand < nxt[c]:
-            nxt[c] = cand
-      paths.update(nxt)
-      frontier = sorted(nxt)
+    paths = tie_break_lib.paths_for(graph, tie_break)
     ancestor_path = [[index[a] for a in paths[w]] for w in nodes]
+    meta = dict(meta or {}, tie_break=tie_break, tie_break_counts=tie_break_lib.tie_report(graph, paths))
     return cls(nodes, [names_fn(w) for w in nodes], parents, ancestor_path, meta,
                [index[w] for w in graph.children[ROOT]])
 

@@ -17,6 +17,7 @@ class order, the number of classes or the machine. Layout of the index directory
 import concurrent.futures
 import importlib.util
 import json
+import logging
 import os
 import pathlib
 
@@ -24,6 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from zsl_jax.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp")
 ROOTS = ("ilsvrc_train", "ilsvrc_val", "imagenet21k")
@@ -68,25 +71,39 @@ def read_testsets(path):
   return data
 
 
-def timm_21kp_list():
-  """Path of the ImageNet-21K-P winter-2021 WNID list inside the timm wheel (timm not imported)."""
+TIMM_LISTS = {  # What ships in timm/data/_info/ (pip install --no-deps timm).
+    "fall2011": "imagenet22k_synsets.txt",           # the 21,841 classes of the fall-2011 release
+    "p_fall2011": "imagenet21k_miil_synsets.txt",    # ImageNet-21K-P, fall-2011 version (11,221)
+    "p_winter2021": "imagenet21k_miil_w21_synsets.txt",  # ImageNet-21K-P, winter-2021 version (10,450)
+}
+
+
+def timm_class_list(name):
+  """Path of a WNID list inside the timm wheel (`TIMM_LISTS` key; timm is not imported)."""
   spec = importlib.util.find_spec("timm")
-  path = spec and (pathlib.Path(spec.submodule_search_locations[0]) / "data" / "_info"
-                   / "imagenet21k_miil_w21_synsets.txt")
+  path = spec and (pathlib.Path(spec.submodule_search_locations[0]) / "data" / "_info" / TIMM_LISTS[name])
   if not path or not path.is_file():
-    raise UserError("the ImageNet-21K-P list was not found; `pip install --no-deps timm` (it ships "
-                    "timm/data/_info/imagenet21k_miil_w21_synsets.txt) or pass --p_list")
+    raise UserError(f"the {name} class list was not found; `pip install --no-deps timm` (it ships "
+                    f"timm/data/_info/{TIMM_LISTS[name]}) or pass the list as a file")
   return path
 
 
-def class_splits(graph_nodes, testsets, winter21, p_list=None):
+def timm_21kp_list():
+  """Path of the ImageNet-21K-P winter-2021 WNID list inside the timm wheel."""
+  return timm_class_list("p_winter2021")
+
+
+def class_splits(graph_nodes, testsets, winter21, p_list=None, warn=True):
   """The reference's class splits, each in its source list's order.
 
   train/rest/all: DGP `train`/`all` ∩ graph ∩ winter-2021 (all = train + rest); hop2/hop3/
   hop3_pure: the DGP hop lists ∩ graph ∩ winter-2021; p_train/p_rest/p_all: ∩ the 21K-P list.
+  `warn`: log a warning per DGP list with WNIDs left out (the manifest tool counts them itself).
   """
   ok = set(graph_nodes) & set(winter21)
   pick = lambda key: [w for w in dict.fromkeys(testsets.get(key, [])) if w in ok]
+  if warn:
+    _warn_left_out(testsets, set(graph_nodes), set(winter21))
   out = {"train": pick("train"), "rest": pick("all")}
   seen = set(out["train"])
   out["rest"] = [w for w in out["rest"] if w not in seen]
@@ -102,6 +119,18 @@ def class_splits(graph_nodes, testsets, winter21, p_list=None):
   return out
 
 
+def _warn_left_out(testsets, graph_nodes, winter21):
+  """A warning with counts for each class list whose WNIDs are not all in the graph and the winter-2021 release."""
+  for key in ("train", "all", "2-hops", "3-hops", "3-hops-pure"):
+    listed = list(dict.fromkeys(testsets.get(key, [])))
+    no_graph = [w for w in listed if w not in graph_nodes]
+    no_w21 = [w for w in listed if w in graph_nodes and w not in winter21]
+    if no_graph or no_w21:
+      logger.warning("class list %r: %d of %d WNIDs left out (%d not in the hierarchy graph, %d not in the "
+                     "winter-2021 release), e.g. %s", key, len(no_graph) + len(no_w21), len(listed), len(no_graph),
+                     len(no_w21), ", ".join((no_graph + no_w21)[:5]))
+
+
 def split_counts(splits):
   return {k: len(v) for k, v in splits.items() if isinstance(v, list)}
 
@@ -110,12 +139,14 @@ def split_counts(splits):
 
 
 def _list_dir(path):
+  """(sorted image file names, number of other visible files) of a class folder; None when there is no folder."""
   try:
     with os.scandir(path) as it:
-      return sorted(e.name for e in it if not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTS)
-                    and e.is_file())
+      files = [e.name for e in it if not e.name.startswith(".") and e.is_file()]
   except FileNotFoundError:
     return None
+  images = sorted(n for n in files if n.lower().endswith(IMAGE_EXTS))
+  return images, len(files) - len(images)
 
 
 def scan_class_dirs(root, wnids, workers=32, desc=None):
@@ -133,7 +164,10 @@ def scan_class_dirs(root, wnids, workers=32, desc=None):
     for f in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=desc or f"scan {root}",
                   unit="class", disable=not wnids, mininterval=1.0):
       out[futures[f]] = f.result()
-  return {w: out[w] for w in wnids}
+  other = sum(out[w][1] for w in wnids if out[w] is not None)
+  if other:
+    logger.warning("%s: %d files without an image extension (%s) are not indexed", root, other, " ".join(IMAGE_EXTS))
+  return {w: None if out[w] is None else out[w][0] for w in wnids}
 
 
 # ----------------------------------------------------------------------------- instance splits
@@ -167,7 +201,7 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
     raise UserError(f"image roots {missing_roots} not given; pass --ilsvrc_train, --ilsvrc_val and --imagenet21k")
   seen, unseen = list(splits["train"]), list(splits["rest"])
   labels_of = {w: int(i) for w, i in zip(seen + unseen, hierarchy.indices(seen + unseen))}
-  tr, va, un, missing = _scan_roots(roots, seen, unseen, workers)
+  tr, va, un, missing, empty = _scan_roots(roots, seen, unseen, workers)
   out_dir.mkdir(parents=True, exist_ok=True)
   labels, masks = _write_columns(out_dir, _class_rows(seen, unseen, tr, va, un, seed), labels_of)
   counts = _count_splits(labels, masks, sorted(set(labels_of[w] for w in seen)), splits, hierarchy)
@@ -175,7 +209,7 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
       "format": INDEX_FORMAT, "seed": int(seed), "roots": {k: str(pathlib.Path(roots[k]).resolve()) for k in ROOTS},
       "root_names": list(ROOTS), "split_bits": list(SPLIT_BITS), "n_val": N_VAL, "n_reserved": N_RESERVED,
       "hierarchy_wnids": list(hierarchy.wnids), "class_splits": splits, "num_images": int(len(labels)),
-      "missing_class_dirs": missing, "hierarchy_stats": hierarchy.stats(),
+      "missing_class_dirs": missing, "empty_class_dirs": empty, "hierarchy_stats": hierarchy.stats(),
       "counts": counts,
   }
   (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -183,17 +217,29 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
 
 
 def _scan_roots(roots, seen, unseen, workers):
-  """Lists the class folders: (ILSVRC train, ILSVRC val, ImageNet-21K scans, missing class dirs per root)."""
+  """Lists the class folders: (ILSVRC train, ILSVRC val, ImageNet-21K scans, missing and empty class dirs per root).
+
+  Classes without images are counted in a warning: they get no rows (a seen class without train images
+  is never trained on, an unseen one without images never tested).
+  """
   tr = scan_class_dirs(roots["ilsvrc_train"], seen, workers, "scan ILSVRC train")
   va = scan_class_dirs(roots["ilsvrc_val"], seen, workers, "scan ILSVRC val")
   un = scan_class_dirs(roots["imagenet21k"], unseen, workers, "scan ImageNet-21K")
   missing = {"ilsvrc_train": [w for w in seen if tr[w] is None], "ilsvrc_val": [w for w in seen if va[w] is None],
              "imagenet21k": [w for w in unseen if un[w] is None]}
+  empty = {}
+  for key, scans, wnids in (("ilsvrc_train", tr, seen), ("ilsvrc_val", va, seen), ("imagenet21k", un, unseen)):
+    empty[key] = [w for w in wnids if scans[w] is not None and not scans[w]]
+    if missing[key] or empty[key]:
+      logger.warning("%s %s: %d of %d classes have no images (%d without a folder, %d with no image file), e.g. %s; "
+                     "they get no rows from it (listed in the index's meta.json)", key, roots[key],
+                     len(missing[key]) + len(empty[key]), len(wnids), len(missing[key]), len(empty[key]),
+                     ", ".join((missing[key] + empty[key])[:5]))
   empty_val = [w for w in seen if not va[w]]
   if seen and len(empty_val) == len(seen):
     raise UserError(f"no ILSVRC val class folders under {roots['ilsvrc_val']}; the val images must sit in "
                     "<wnid>/ folders (move them with the devkit's ground truth, e.g. valprep.sh)")
-  return tr, va, un, missing
+  return tr, va, un, missing, empty
 
 
 def _unseen_bits(n, seed, wnid):

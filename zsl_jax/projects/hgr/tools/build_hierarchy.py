@@ -10,17 +10,23 @@ OUT/class_splits.json (WNID lists and counts), OUT/graph_edges.json (the graph b
 removal) and OUT/shared_names.json (class names used by several classes), and prints the counts.
 """
 import json
+import logging
 import pathlib
 import sys
 
 from zsl_jax import cli
+from zsl_jax import paths
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr.hierarchy import graph as graph_lib
 from zsl_jax.projects.hgr.hierarchy import splits as splits_lib
+from zsl_jax.projects.hgr.hierarchy import tie_break as tie_break_lib
 from zsl_jax.projects.hgr.hierarchy import wordnet
 
+logger = logging.getLogger(__name__)
 
-def build(source, testsets, winter21, *, xml=None, universe=None, p_list=None, names="wordnet", wordnet_path=None):
+
+def build(source, testsets, winter21, *, xml=None, universe=None, p_list=None, names="wordnet", wordnet_path=None,
+          tie_break="wnid"):
   """Returns (Hierarchy, class splits dict, full Graph) without writing anything.
 
   Args:
@@ -30,6 +36,8 @@ def build(source, testsets, winter21, *, xml=None, universe=None, p_list=None, n
       default: every WNID of the testsets file).
     p_list: ImageNet-21K-P WNID list, 'timm' for the list inside the timm wheel, or None.
     names: 'wordnet' (the reference's rule) or 'xml' (first word of the XML `words`, no WordNet).
+    tie_break: path of a class with several shortest root paths: 'wnid' (smallest WNID sequence) or
+      'networkx' (the reference's `nx.shortest_path` on its `remove_irrelevant.py` edge order).
   """
   ts = splits_lib.read_testsets(testsets)
   w21 = splits_lib.read_wnid_list(winter21)
@@ -42,6 +50,10 @@ def build(source, testsets, winter21, *, xml=None, universe=None, p_list=None, n
     wn = wordnet.load_wordnet(wordnet_path)
     uni = splits_lib.read_wnid_list(universe) if universe else sorted({w for v in ts.values() for w in v})
     g = graph_lib.graph_from_wordnet(wn, uni)
+    if g.missing:
+      logger.warning("%d of %d universe WNIDs are not WordNet 3.0 nouns and are left out of the hierarchy, e.g. %s "
+                     "(all listed in hierarchy.json meta.skipped_not_in_wordnet)", len(g.missing), len(set(uni)),
+                     ", ".join(g.missing[:5]))
   else:
     raise UserError(f"unknown hierarchy source {source!r}; choose imagenet_xml or wordnet")
   if p_list == "timm":
@@ -65,8 +77,17 @@ def build(source, testsets, winter21, *, xml=None, universe=None, p_list=None, n
   if names == "wordnet":  # The reference cuts at the first '.', e.g. st._augustine_grass.n.01 -> 'st'.
     meta["truncated_names"] = {w: wordnet.synset(wn, w).name() for w in cs["all"]
                                if wordnet.synset(wn, w).name().count(".") > 2}
-  h = graph_lib.Hierarchy.from_graph(g.restrict(cs["all"]), names_fn, meta)
+  h = graph_lib.Hierarchy.from_graph(_class_graph(g, cs["all"], tie_break), names_fn, meta, tie_break)
   return h, cs, g
+
+
+def _class_graph(g, classes, tie_break):
+  """The class-only DAG; for `networkx` in the edge order the reference's non-class removal leaves."""
+  if tie_break != "networkx":
+    return g.restrict(classes)
+  out = graph_lib.Graph(tie_break_lib.splice_restrict(g, classes))
+  out.words, out.missing = g.words, g.missing
+  return out
 
 
 def write(out, h, cs, g):
@@ -87,6 +108,10 @@ def report(h, cs):
   shared = h.shared_names()
   lines.append(f"{len(shared)} class names are shared by several classes (identical prompts), e.g. "
                + "; ".join(f"{n!r}: {len(ws)}" for n, ws in list(shared.items())[:5]))
+  tb = h.meta.get("tie_break_counts")
+  if tb:
+    lines.append(f"tie_break {h.meta['tie_break']}: {tb['classes_with_tied_paths']:,} classes have several shortest "
+                 f"root paths; {tb['paths_differ_from_wnid_rule']:,} get a different path than the wnid rule's")
   cut = h.meta.get("truncated_names")
   if cut:
     lines.append(f"{len(cut)} names truncated at a '.' by the reference rule: "
@@ -95,9 +120,10 @@ def report(h, cs):
 
 
 def _run(args):
+  paths.check_writable_dir(args.out, "--out")
   h, cs, g = build(args.source, args.testsets, args.winter21, xml=args.xml, universe=args.universe,
                    p_list=None if args.p_list == "none" else args.p_list, names=args.names,
-                   wordnet_path=args.wordnet)
+                   wordnet_path=args.wordnet, tie_break=args.tie_break)
   write(args.out, h, cs, g)
   print(report(h, cs))
   print(f"wrote {args.out}/hierarchy.json, class_splits.json, graph_edges.json, shared_names.json")
@@ -117,7 +143,11 @@ def main(argv=None):
   ap.add_argument("--names", choices=("wordnet", "xml"), default="wordnet",
                   help="class names: WordNet synset name (reference rule) or the XML 'words' attribute")
   ap.add_argument("--wordnet", help="WordNet 3.0 directory (default: $ZSL_JAX_WORDNET, nltk data, /usr/share/wordnet)")
+  ap.add_argument("--tie_break", choices=tie_break_lib.RULES, default="wnid",
+                  help="ancestor path of a class with several shortest root paths: smallest WNID sequence, or "
+                  "the official code's networkx.shortest_path choice")
   ap.add_argument("--out", required=True, help="output directory for hierarchy.json and class_splits.json")
+  cli.show_warnings()  # inputs left out are counted in warnings
   return cli.run_command("build_hierarchy", _run, ap.parse_args(argv))
 
 

@@ -14,6 +14,7 @@ import pathlib
 import sys
 
 from zsl_jax import cli
+from zsl_jax import paths
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr.hierarchy import graph as graph_lib
 from zsl_jax.projects.hgr.hierarchy import splits as splits_lib
@@ -46,10 +47,14 @@ def report(meta):
   missing = {k: len(v) for k, v in meta["missing_class_dirs"].items() if v}
   if missing:
     lines.append(f"class folders missing (no images): {missing}; listed in meta.json")
+  empty = {k: len(v) for k, v in meta.get("empty_class_dirs", {}).items() if v}
+  if empty:
+    lines.append(f"class folders without image files: {empty}; listed in meta.json")
   return "\n".join(lines)
 
 
 def _run(args):
+  paths.check_writable_dir(args.out, "--out")
   roots = {"ilsvrc_train": args.ilsvrc_train, "ilsvrc_val": args.ilsvrc_val, "imagenet21k": args.imagenet21k}
   meta = make(args.hierarchy, roots, args.out, args.seed, args.workers, args.overwrite)
   print(report(meta))
@@ -66,6 +71,7 @@ def main(argv=None):
   ap.add_argument("--seed", type=int, default=0, help="seed of every random choice (val images, low-shot images)")
   ap.add_argument("--workers", type=int, default=32, help="parallel directory listings (raise on network filesystems)")
   ap.add_argument("--overwrite", action="store_true", help="replace an existing index in --out")
+  cli.show_warnings()  # inputs left out are counted in warnings
   return cli.run_command("make_splits", _run, ap.parse_args(argv))
 
 

@@ -1,0 +1,230 @@
+"""DAZLE/VSMR feature modes: automatic memory choice, chunk-aware reads of both hdf5 layouts, the block cache,
+the window sampler across hosts, and the memory-mappable conversion."""
+import logging
+import threading
+
+import h5py
+import numpy as np
+import pytest
+
+from configs import dazle_awa2
+from zsl_jax.data import sampling
+from zsl_jax.errors import UserError
+from zsl_jax.projects.attr.data import dataset
+from zsl_jax.projects.attr.data import feature_store
+from zsl_jax.projects.attr.data import hdf5_rows
+from zsl_jax.projects.attr.data import loading
+from zsl_jax.projects.attr.data import region_features
+from zsl_jax.projects.attr.data import samplers
+from zsl_jax.projects.attr.tools import convert_features
+
+N, F, H, W = 53, 20, 3, 3  # Rows, channels, regions grid: partial chunks on every axis below.
+OFFICIAL = (12, 8, 1, 1)  # Like DAZLE's (1167, 64, 1, 1): a chunk spans many rows and few channels.
+
+
+def _features(seed=0):
+  x = np.random.default_rng(seed).standard_normal((N, F, H, W)).astype(np.float32)
+  x[7] = 0.0  # An all-zero image (SUN's undecodable ones) must stay zero under normalisation.
+  return np.maximum(x, 0.0)
+
+
+def _write(path, feats, **create):
+  """A complete DAZLE-layout file: feature_map plus the keys the readers check."""
+  labels = np.arange(N) * 5 // N  # 5 classes, class-sorted rows
+  with h5py.File(path, "w") as f:
+    f.create_dataset("feature_map", data=feats, **create)
+    f.create_dataset("labels", data=labels)
+    f.create_dataset("trainval_loc", data=np.arange(0, N, 2))
+    f.create_dataset("test_seen_loc", data=np.arange(1, 40, 2))
+    f.create_dataset("test_unseen_loc", data=np.arange(41, N, 2))
+    f.create_dataset("att", data=np.eye(5, 4))
+    f.create_dataset("original_att", data=np.eye(5, 4))
+    f.create_dataset("w2v_att", data=np.eye(4, 6))
+  return labels
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+  """The same features in the official layout, zsl_jax's, a filtered one, a contiguous one."""
+  root = tmp_path_factory.mktemp("features")
+  feats = _features()
+  layouts = {"official": dict(chunks=OFFICIAL, compression="gzip"),
+             "zsl_jax": dict(chunks=(1, F, H, W), compression="gzip", compression_opts=1),
+             "shuffled": dict(chunks=(5, F, H, W), compression="gzip", shuffle=True),
+             "contiguous": {}}
+  paths = {}
+  for name, create in layouts.items():
+    paths[name] = root / f"{name}.hdf5"
+    labels = _write(paths[name], feats, **create)
+  regions = np.ascontiguousarray(feats.reshape(N, F, -1).transpose(0, 2, 1))
+  return {"paths": paths, "feats": feats, "labels": labels, "regions": regions}
+
+
+def test_every_layout_reads_the_h5py_rows(files):
+  """Chunk-aware reads (blocks, batches, single rows; memory and cache) equal h5py's own rows."""
+  rows = np.array([52, 0, 13, 13, 7, 24, 36, 51])
+  for name, path in files["paths"].items():
+    with h5py.File(path) as f:
+      ref = f["feature_map"][np.unique(rows)].reshape(-1, F, H * W).transpose(0, 2, 1)
+    ref = ref[np.searchsorted(np.unique(rows), rows)]
+    reader = hdf5_rows.Hdf5Rows(path, threads=3)
+    assert reader.layout == {"official": "chunks", "zsl_jax": "chunks", "shuffled": "h5py",
+                             "contiguous": "contiguous"}[name]
+    for in_memory in (True, False):
+      src = region_features.RegionFeatureSource(path, files["labels"], in_memory=in_memory)
+      np.testing.assert_array_equal(src.get_batch(rows), ref, err_msg=f"{name} in_memory={in_memory}")
+      np.testing.assert_array_equal(src[51]["features"], files["regions"][51])
+  assert hdf5_rows.Hdf5Rows(files["paths"]["official"]).block_rows == 12
+
+
+def test_normalised_and_unwritten_chunks(tmp_path, files):
+  src = region_features.RegionFeatureSource(files["paths"]["official"], files["labels"], in_memory=False,
+                                            normalize=True)
+  regions = files["regions"]
+  want = regions / np.maximum(np.linalg.norm(regions, axis=-1, keepdims=True), 1e-12)
+  np.testing.assert_array_equal(src.get_batch(np.arange(N)), want)
+  assert not src.get_batch(np.array([7])).any()
+  mem = region_features.RegionFeatureSource(files["paths"]["zsl_jax"], files["labels"], in_memory=True, normalize=True)
+  np.testing.assert_array_equal(mem.get_batch(np.arange(N)), want)
+  path = tmp_path / "partial.hdf5"
+  with h5py.File(path, "w") as f:  # Only the first row chunk was ever written.
+    d = f.create_dataset("feature_map", (N, F, H, W), np.float32, chunks=OFFICIAL, compression="gzip", fillvalue=0.5)
+    d[:12] = files["feats"][:12]
+  out = hdf5_rows.Hdf5Rows(path).read_blocks([0, 4])
+  np.testing.assert_array_equal(out[0], files["regions"][:12])
+  assert out[4].shape == (5, H * W, F) and np.all(out[4] == 0.5)
+
+
+def test_automatic_mode_follows_the_budget(files, monkeypatch, caplog):
+  monkeypatch.setattr(feature_store, "available_memory", lambda: 1000)
+  assert feature_store.choose_in_memory(500, None, 0.5)[0]
+  fits, why = feature_store.choose_in_memory(501, None, 0.5)
+  assert not fits and "exceeds the budget" in why and "0.5 x" in why
+  assert feature_store.choose_in_memory(10 ** 9, True, 0.5) == (True, "config.data.in_memory=True")
+  assert feature_store.choose_in_memory(1, False, 0.5)[0] is False
+  assert feature_store.budget_bytes(2e9) == 2_000_000_000  # Above 1: bytes.
+  with pytest.raises(UserError, match="memory_budget=0"):
+    feature_store.budget_bytes(0)
+  nbytes = N * F * H * W * 4
+  monkeypatch.setattr(feature_store, "available_memory", lambda: 4 * nbytes)
+  caplog.set_level(logging.INFO, logger=region_features.__name__)
+  modes = {}
+  for budget in (0.25, 0.24):
+    caplog.clear()
+    src = region_features.RegionFeatureSource(files["paths"]["official"], files["labels"], in_memory=None,
+                                              memory_budget=budget)
+    modes[budget] = src.mode
+    lines = [r.getMessage() for r in caplog.records if r.name == region_features.__name__]
+    assert len(lines) == 1 and ("fits the budget" if src.mode == "memory" else "exceeds the budget") in lines[0]
+  assert modes == {0.25: "memory", 0.24: "chunked"}
+  assert "blocks of 12 rows" in lines[0] and "convert_features" in lines[0]
+
+
+def test_block_cache_reads_each_block_once_and_keeps_its_budget():
+  calls, lock = [], threading.Lock()
+
+  def read(blocks):
+    with lock:
+      calls.extend(blocks)
+    return {b: np.full(10, b, np.float32) for b in blocks}  # 40 bytes each
+
+  cache = feature_store.BlockCache(capacity=120)
+  results = []
+  threads = [threading.Thread(target=lambda: results.append(cache.get_many([1, 2, 3], read))) for _ in range(8)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert sorted(calls) == [1, 2, 3] and all(r[2][0] == 2 for r in results)  # 8 threads, one read per block
+  cache.get_many([4], read)  # Evicts the least recently used block (1).
+  assert cache.peek(1) is None and cache.peek(4) is not None
+  assert cache.get_many([5, 6, 7, 8], read).keys() == {5, 6, 7, 8}  # One call may exceed the capacity.
+
+
+def test_evaluation_scans_leave_the_training_cache(files):
+  src = region_features.RegionFeatureSource(files["paths"]["official"], files["labels"], in_memory=False)
+  store = src.store
+  src.get_batch(np.array([0, 13]))
+  for i in range(N):  # An evaluation pass, row by row.
+    np.testing.assert_array_equal(src[i]["features"], files["regions"][i])
+  assert store.train_cache.peek(0) is not None and store.train_cache.peek(1) is not None
+  assert store.train_cache.peek(4) is None and store.scan_cache.peek(4) is not None
+
+
+def test_window_sampler_same_order_for_1_2_4_hosts_and_every_row_once(files):
+  """Each host reads its slice of the same global batches, chunk-aware; one epoch covers the split once."""
+  rows = np.arange(1, N, 2)[:24]  # 24 rows of the file (a split), spread over its blocks of 12 rows
+  sampler = samplers.make_sampler("window", rows, files["labels"][rows], 8, seed=3, block_rows=12, window_rows=20)
+  src = region_features.RegionFeatureSource(files["paths"]["official"], files["labels"], in_memory=False)
+  load = samplers.LoadFeatures(src, np.arange(5))
+  per_hosts = {}
+  for hosts in (1, 2, 4):
+    per_hosts[hosts] = [[sampling.batches(sampler, load, process_index=p, process_count=hosts)[step]
+                         for p in range(hosts)] for step in range(6)]
+  for hosts in (2, 4):
+    for step in range(6):
+      for key in ("index", "features", "label"):
+        joined = np.concatenate([part[key] for part in per_hosts[hosts][step]])
+        np.testing.assert_array_equal(joined, per_hosts[1][step][0][key])
+  epoch = np.concatenate([per_hosts[1][s][0]["index"] for s in range(3)])  # 3 steps x 8 = one epoch
+  assert sorted(epoch) == list(rows)
+  np.testing.assert_array_equal(per_hosts[1][0][0]["features"], files["regions"][per_hosts[1][0][0]["index"]])
+  blocks = epoch // 12  # 4 blocks of 6 split rows; windows of ceil(20 / 12) = 2 blocks = 12 rows.
+  assert len(set(blocks[:12])) == 2 and set(blocks[:12]).isdisjoint(blocks[12:])
+  second = np.concatenate([per_hosts[1][s][0]["index"] for s in range(3, 6)])
+  assert sorted(second) == list(rows) and not np.array_equal(second, epoch)
+
+
+def test_window_sampler_windows_are_whole_blocks():
+  rows = np.arange(1000)
+  sampler = samplers.WindowSampler(rows, 10, seed=0, block_rows=50, window_rows=120)  # windows of 3 blocks
+  order = rows[sampler.permutation(0)]
+  windows = order[:900].reshape(6, 150)  # 20 blocks = 6 full windows + 1 of 2 blocks
+  for w in windows:
+    assert np.unique(w // 50).size == 3 and np.array_equal(np.sort(w % 50), np.repeat(np.arange(50), 3))
+  assert np.unique(order[900:] // 50).size == 2 and sorted(order) == list(rows)
+
+
+def test_iterator_resumes_exactly_with_the_window_sampler(files):
+  rows = np.arange(N)
+  sampler = samplers.make_sampler("window", rows, files["labels"], 4, seed=1, block_rows=12, window_rows=12)
+  src = region_features.RegionFeatureSource(files["paths"]["official"], files["labels"], in_memory=False)
+  it = sampling.iterator(sampler, samplers.LoadFeatures(src, np.arange(5)))
+  for _ in range(15):
+    next(it)
+  state = it.get_state()
+  want = [next(it)["index"] for _ in range(3)]
+  resumed = sampling.iterator(sampler, samplers.LoadFeatures(src, np.arange(5)))
+  resumed.set_state(state)
+  for w in want:
+    np.testing.assert_array_equal(next(resumed)["index"], w)
+
+
+def test_conversion_round_trip_is_exact(tmp_path, files, caplog):
+  path = tmp_path / "feature_map_ResNet_101_AWA2.hdf5"
+  _write(path, files["feats"], chunks=OFFICIAL, compression="gzip")
+  assert convert_features.main(["--hdf5", str(path), "--threads", "2"]) == 0
+  npy = tmp_path / "feature_map_ResNet_101_AWA2.npy"
+  np.testing.assert_array_equal(np.load(npy), files["regions"])
+  assert np.load(npy).dtype == np.float32
+  caplog.set_level(logging.INFO, logger=region_features.__name__)
+  mapped = dataset.load_zsl_dataset("AWA2", hdf5=str(path), features_npy=str(npy), in_memory=None,
+                                    normalize_features=True)
+  chunked = dataset.load_zsl_dataset("AWA2", hdf5=str(path), in_memory=False, normalize_features=True)
+  assert mapped.features.mode == "memmap" and any("memory-mapped" in r.getMessage() for r in caplog.records)
+  rows = np.array([3, 52, 3, 0])
+  np.testing.assert_array_equal(mapped.features.get_batch(rows), chunked.features.get_batch(rows))
+  np.testing.assert_array_equal(mapped.features[5]["features"], chunked.features[5]["features"])
+  assert convert_features.main(["--hdf5", str(path)]) == 2  # Never overwrites a finished conversion.
+  config = dazle_awa2.get_config()  # A run on the hdf5 memory-maps the conversion found beside it.
+  config.data.hdf5 = str(path)
+  assert config.data.in_memory is None and loading.load_dataset(config).features.mode == "memmap"
+  config.data.features_npy = str(tmp_path / "missing.npy")
+  with pytest.raises(UserError, match="features_npy=.*missing.npy not found; run python -m zsl_jax.tools.convert"):
+    loading.load_dataset(config)
+  other = tmp_path / "other.hdf5"
+  _write(other, files["feats"] * 2, chunks=OFFICIAL, compression="gzip")
+  with h5py.File(other, "r+") as f:
+    f["labels"][0] = 4  # Another dataset with the same shape.
+  with pytest.raises(UserError, match="converted from another feature file"):
+    dataset.load_zsl_dataset("AWA2", hdf5=str(other), features_npy=str(npy))

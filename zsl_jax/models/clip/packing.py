@@ -1,0 +1,167 @@
+"""Prompts packed end to end into fixed-length rows, encoded in chunks divided over the devices.
+
+Why packing: an HGR-Net step encodes about 1,500 unique prompts of 8-19 tokens ("a photo of a {}."
+over WordNet, 9.4 on average). One prompt per row pads every row to the step's longest prompt (24
+tokens in most steps), 2.6 tokens encoded per useful one. Rows of `row_tokens` tokens holding
+several prompts each, with attention kept inside each prompt and positions restarting at each
+start-of-text token (`segments_and_positions`), give every prompt the feature `CLIP.encode_text`
+gives it alone, with a few padding tokens at the end of each row.
+
+Why chunks: the rows of a step come as a static number of chunks (`Layout`). A step fills the first
+ones; `encode_chunks` scans over all of them and skips the unused ones with `lax.cond`, so every
+step has one shape (one compilation) whatever its prompt count, and the padding encoded is at most
+the last chunk's free rows. Each chunk's rows are divided over the mesh's batch axes (`shard_map`):
+every device encodes its share, then the features are all-gathered for the loss.
+"""
+import dataclasses
+import logging
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from zsl_jax import sharding
+from zsl_jax.text import tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Static shape of one step's packed prompts: `chunks` x `chunk_rows` rows of `row_tokens` tokens.
+
+  Each row has `row_slots` prompt slots (row_tokens // the shortest prompt); `chunk_rows` is a
+  multiple of the devices the rows are divided over.
+  """
+  row_tokens: int
+  row_slots: int
+  chunk_rows: int
+  chunks: int
+
+  @property
+  def rows(self):
+    return self.chunks * self.chunk_rows
+
+  @property
+  def slots(self):
+    return self.rows * self.row_slots
+
+
+def rows_bound(tokens, row_tokens, longest):
+  """Rows `pack` needs at most for prompts of `tokens` tokens in all, none longer than `longest`.
+
+  `pack` closes a row only when no remaining prompt fits in it, so every row but the last holds
+  more than row_tokens - longest tokens.
+  """
+  return int(tokens) // (row_tokens - longest + 1) + 1
+
+
+def assign_rows(lengths, row_tokens):
+  """(row, start) of every prompt: longest first, each row filled with the longest prompts that fit.
+
+  Deterministic; lengths int [U] (each <= row_tokens). Costs one Python step per (row, length) pair.
+  """
+  lengths = np.asarray(lengths, np.int64)
+  order = np.argsort(-lengths, kind="stable")
+  values, counts = np.unique(lengths[order], return_counts=True)
+  values, counts = values[::-1], counts[::-1].copy()        # longest first, as `order`
+  first = np.concatenate([[0], np.cumsum(counts)[:-1]])      # where each length begins in `order`
+  taken = np.zeros_like(counts)
+  row_of, start_of = np.empty(len(lengths), np.int64), np.empty(len(lengths), np.int64)
+  row, left = 0, int(counts.sum())
+  while left:
+    space = row_tokens
+    for i, length in enumerate(values):
+      n = min(int(counts[i] - taken[i]), space // int(length))
+      if n <= 0:
+        continue
+      who = order[first[i] + taken[i]:first[i] + taken[i] + n]
+      row_of[who] = row
+      start_of[who] = row_tokens - space + length * np.arange(n)
+      taken[i] += n
+      space -= n * int(length)
+      left -= n
+    row += 1
+  return row_of, start_of
+
+
+def pack(tokens, lengths, layout):
+  """Packs a step's prompts into `layout`.
+
+  Args:
+    tokens: int [U, >= longest] each prompt's tokens (SOT ... EOT, then zeros).
+    lengths: int [U] tokens up to and including EOT.
+  Returns:
+    (tokens int32 [rows, row_tokens], pool int32 [rows, row_slots] EOT position of each slot in its
+    row (-1: empty), slot int32 [U] each prompt's slot (row * row_slots + k), chunks in use).
+  """
+  lengths = np.asarray(lengths, np.int64)
+  t, p = layout.row_tokens, layout.row_slots
+  row_of, start_of = assign_rows(lengths, t)
+  used_rows = int(row_of.max()) + 1 if len(lengths) else 0
+  if used_rows > layout.rows:
+    raise RuntimeError(f"{len(lengths)} prompts need {used_rows} packed rows but the layout holds {layout.rows}; "
+                       f"the sampler's step bound is wrong")
+  # k-th prompt of its row, in order of start.
+  by_place = np.lexsort((start_of, row_of))
+  rank = np.empty_like(by_place)
+  rank[by_place] = np.arange(len(by_place))
+  row_first = np.searchsorted(row_of[by_place], np.arange(used_rows))
+  k = rank - row_first[row_of]
+  if len(k) and k.max() >= p:
+    raise RuntimeError(f"a packed row holds {k.max() + 1} prompts but the layout has {p} slots per row")
+  out = np.zeros((layout.rows, t), np.int32)
+  prompt = np.repeat(np.arange(len(lengths)), lengths)
+  offset = np.arange(len(prompt)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+  out[row_of[prompt], start_of[prompt] + offset] = np.asarray(tokens)[prompt, offset]
+  pool = np.full((layout.rows, p), -1, np.int32)
+  pool[row_of, k] = start_of + lengths - 1
+  chunks = -(-used_rows // layout.chunk_rows)
+  return out, pool, (row_of * p + k).astype(np.int32), chunks
+
+
+def segments_and_positions(tokens):
+  """(segment id, position in its prompt), both int32 [R, T], of packed rows: a prompt starts at SOT.
+
+  Padding after a row's last prompt continues that prompt's segment; causal attention keeps it
+  out of every real token's feature.
+  """
+  is_start = tokens == tokenizer.SOT                                    # [R, T]
+  segment = jnp.cumsum(is_start, axis=1, dtype=jnp.int32)
+  index = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+  start = jax.lax.cummax(jnp.where(is_start, index, 0), axis=1)
+  return segment, index - start
+
+
+def encode_chunks(encode_chunk, variables, tokens, pool, chunks, layout, mesh):
+  """Features [slots, E] of packed prompts, each device encoding its share of every chunk in use.
+
+  Args:
+    encode_chunk: (variables, tokens [r, T], pool [r, S]) -> features [r, S, E]; r = rows per device.
+    variables: replicated model variables.
+    tokens, pool: the step's packed rows ([layout.rows, T], [layout.rows, S]), replicated.
+    chunks: int32 scalar, chunks in use; the scan skips the rest.
+  """
+  axes = sharding.batch_axes(mesh)
+  n, r = layout.chunks, layout.chunk_rows
+  tokens = tokens.reshape(n, r, -1)                                     # [n, r, T]
+  pool = pool.reshape(n, r, -1)                                         # [n, r, S]
+
+  def per_device(variables, tokens, pool, chunks):                      # [n, r / devices, ...]
+    shape = jax.eval_shape(encode_chunk, variables, tokens[0], pool[0])
+
+    def step(_, xs):
+      i, tok, slots = xs
+      unused = lambda: jax.lax.pcast(jnp.zeros(shape.shape, shape.dtype), axes, to="varying")
+      return None, jax.lax.cond(i < chunks, lambda: encode_chunk(variables, tok, slots), unused)
+
+    return jax.lax.scan(step, None, (jnp.arange(n), tokens, pool))[1]  # [n, r / devices, S, E]
+
+  rows = P(None, axes)
+  out = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), rows, rows, P()), out_specs=rows)(
+      variables, tokens, pool, chunks)
+  out = jax.lax.with_sharding_constraint(out, NamedSharding(mesh, P()))  # all-gather [n, r, S, E]
+  return out.reshape(layout.slots, out.shape[-1])
+
