@@ -37,6 +37,7 @@ EXTRAS = {
     "test": [
         "pytest>=8",
         "scikit-learn>=1.4",
+        "networkx>=2.5",       # tests/test_tie_break.py: hierarchy tie_break=networkx against networkx itself
         "ruff>=0.17.6,<0.18",  # ruff.toml relies on this minor's preview rules (E117)
     ],
 }

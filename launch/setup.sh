@@ -2,7 +2,7 @@
 # Sets up a fresh machine for zsl_jax: WordNet 3.0 offline, then the package (editable).
 #
 #   bash launch/setup.sh            # the package (runs the demos, trains, evaluates)
-#   bash launch/setup.sh --test     # + the torch reference stack and pytest (parity tests, benchmarks)
+#   bash launch/setup.sh --test     # + the torch reference stack, networkx and pytest (parity tests, benchmarks)
 #   bash launch/setup.sh --cuda     # + jax with CUDA 12 (GPU machines);  --tpu for TPU VMs
 #
 # Safe to re-run: every step is skipped when already done.

@@ -6,19 +6,18 @@ limits before importing jax or torch, which an in-process call could not do.
 import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import pytest
+
+from tests import cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def run_script(*args):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # The script sets its own.
-  out = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, check=False)
-  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-  return out.stdout
+  return cli.run([sys.executable, *args], cwd=REPO, env=env, check=True).stdout
 
 
 def numbers(line):

@@ -7,7 +7,6 @@ the torch-free round trip and the error messages.
 """
 import functools
 import os
-import subprocess
 import sys
 import textwrap
 import zipfile
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import cli
 from zsl_jax.errors import UserError
 from zsl_jax.models import clip as clip_lib
 from zsl_jax.text import tokenize
@@ -194,9 +194,8 @@ def test_round_trip_loads_without_torch(oc, tmp_path):
   np.save(tmp_path / "tokens.npy", tokens)
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  out = subprocess.run([sys.executable, "-m", "zsl_jax.tools.convert_clip", str(tmp_path / "epoch_3.pt"),
-                        str(tmp_path / "ckpt")], env=env, capture_output=True, text=True, check=False)
-  assert out.returncode == 0, out.stderr
+  out = cli.run([sys.executable, "-m", "zsl_jax.tools.convert_clip", tmp_path / "epoch_3.pt", tmp_path / "ckpt"],
+                env=env, check=True)
   assert "custom" in out.stdout
   script = textwrap.dedent(f"""
       import sys
@@ -207,8 +206,7 @@ def test_round_trip_loads_without_torch(oc, tmp_path):
       np.save({str(tmp_path / 'txt.npy')!r}, np.asarray(model.encode_text(np.load({str(tmp_path / 'tokens.npy')!r}))))
       assert 'torch' not in sys.modules, 'torch was imported'
       """)
-  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
-  assert out.returncode == 0, out.stderr[-2000:]
+  cli.run([sys.executable, "-c", script], env=env, check=True)
   assert _rel(np.load(tmp_path / "img.npy"), want_img) < 1e-5
   assert _rel(np.load(tmp_path / "txt.npy"), want_txt) < 1e-5
 

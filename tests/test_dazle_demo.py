@@ -57,10 +57,8 @@ def test_eval_mode_reproduces_metrics(demo_run):
 
 
 def _tool(module, *args):
-  import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=cli.REPO_ROOT, env=cli.env(),
-                        capture_output=True, text=True, timeout=600, check=False)
+  return cli.run([sys.executable, "-m", module, *args], env=cli.env())
 
 
 def test_attention_maps_tool(demo_run):
@@ -73,12 +71,13 @@ def test_attention_maps_tool(demo_run):
     Image.fromarray(np.random.default_rng(i).integers(0, 255, (120, 200, 3)).astype(np.uint8)).save(images[-1])
   proc = _tool("zsl_jax.tools.attention_maps", "--run", work, "--rows", 3, 500, "--images", *images,
                "--out", root / "maps", "--top", 4)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  cli.expect_rc(proc, 0)
   for img in images:
     png = root / "maps" / f"{img.stem}_attention.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
   bad = _tool("zsl_jax.tools.attention_maps", "--run", work, "--rows", 3, "--images", *images, "--out", root / "m2")
-  assert bad.returncode == 2 and "one row per image" in bad.stderr
+  cli.expect_rc(bad, 2)
+  assert "one row per image" in bad.stderr
 
 
 def test_import_official_checkpoint_and_evaluate(demo_run):
@@ -99,7 +98,7 @@ def test_import_official_checkpoint_and_evaluate(demo_run):
   torch.save(ref.state_dict(), pth)
   npz = root / "official.npz"
   proc = _tool("zsl_jax.tools.import_dazle", "--checkpoint", pth, "--hdf5", hdf5, "--normalize-V", "--out", npz)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  cli.expect_rc(proc, 0)
   with np.load(npz) as z:
     np.testing.assert_allclose(z["params/W_2"], ref.W_2.detach().numpy(), rtol=1e-6)
   results = []

@@ -7,10 +7,10 @@ import json
 import os
 import pathlib
 import re
-import subprocess
 
 import pytest
 
+from tests import cli
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr.hierarchy import wordnet
 
@@ -36,11 +36,12 @@ def suite(tmp_path_factory, shared_data):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # One device, as the GPU machine.
   env.update(ZSL_SUITE_DIR=str(out), JAX_PLATFORMS="cpu",
              JAX_COMPILATION_CACHE_DIR=str(pathlib.Path.home() / ".cache" / "zsl_jax_test_xla"))
-  proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--dry-run"], cwd=REPO, env=env,
-                        capture_output=True, text=True, check=False)
-  files = sorted(out.glob("*.err")) + sorted(out.glob("*.log"))
-  logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in files)
-  assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-3000:]}\n{logs}"
+  proc = cli.run(["bash", REPO / "benchmarks" / "gpu_suite.sh", "--dry-run"], cwd=REPO, env=env, watch=[out])
+  if proc.returncode != 0:
+    errs = "\n".join(f"--- last lines of {p}\n" + "\n".join(p.read_text().splitlines()[-cli.TAIL:])
+                     for p in sorted(out.glob("*.err")))
+    pytest.fail(f"gpu_suite.sh --dry-run exited {proc.returncode}; last output:\n{cli.tail(proc)}\n{errs}",
+                pytrace=False)
   return proc.stdout, out
 
 

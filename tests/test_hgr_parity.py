@@ -1,13 +1,20 @@
-"""Full-model parity of the HGR-Net loss: the reference's per-contrast loop on open_clip RN50 (torch,
-random weights) vs zsl_jax's batched loss on the converted model, same images and negatives.
+"""Full-model parity of the HGR-Net loss: the reference's per-contrast loop on an open_clip
+ModifiedResNet CLIP (torch, random weights) vs zsl_jax's batched loss on the converted model, same
+images and negatives.
 
 The torch side is the official OM loop (`tree_model.py`): image features once, the text tower re-run
 for every (outer anchor, inner level) contrast, weighted cross-entropies summed. The JAX side
 encodes the step's unique prompts once and scores all contrasts as one tensor. Loss and gradients
-(every CLIP parameter, and θ for adaptive weights) must agree to 1e-5 relative in fp32. RN50 runs
-at 96 px input (open_clip's force_image_size) to keep CPU time reasonable; the architecture is
-otherwise RN50's.
+(every CLIP parameter, and θ for adaptive weights) must agree to 1e-5 relative in fp32.
+
+The model is RN50's architecture at toy size (`test_clip_parity._tiny_open_clip`: stem, bottlenecks
+with and without downsampling, attention pooling, BatchNorm, a quickgelu text transformer), which
+exercises every layer type of RN50 at a fraction of the compile and CPU time; real-size RN50 parity
+is `test_clip_parity.test_real_size_parity`. The torch loop's forward runs once per sampled problem
+and each weighting scheme back-propagates its own weighted sum through it (the same gradients as
+re-running the loop per scheme).
 """
+import math
 import time
 
 import jax
@@ -27,19 +34,18 @@ from zsl_jax.text import truncate_tokens
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-RES = 96
+RES = 64
 NEGATIVES = 6
 
 
 @pytest.fixture(scope="module")
 def models():
-  from tests.test_clip_parity import _randomize_norms  # pylint: disable=import-outside-toplevel
+  from tests.test_clip_parity import _tiny_open_clip  # pylint: disable=import-outside-toplevel
   from zsl_jax.models.torch_io import import_open_clip  # pylint: disable=import-outside-toplevel
-  torch.manual_seed(0)
-  ref = _randomize_norms(import_open_clip().create_model("RN50-quickgelu", force_image_size=RES)).eval()
+  ref = _tiny_open_clip(import_open_clip())
   sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
   config, variables = clip_convert.convert(sd)
-  assert config.image_resolution == RES and config.vision_layers == (3, 4, 6, 3)
+  assert config.image_resolution == RES and config.vision_layers == (1, 2, 1, 1)  # ModifiedResNet
   return ref, config, jax.tree.map(jnp.asarray, variables)
 
 
@@ -53,25 +59,34 @@ def problem():
   return paths, depth, children, roots, tokens, images, counts, theta.astype(np.float32)
 
 
-def _torch_loop(ref, sampler, label, negatives, images, tokens, theta, scheme, counts):
-  """The reference's OM loop on the torch model; returns the loss (grads accumulate in ref)."""
-  import math  # pylint: disable=import-outside-toplevel
+def _torch_loop(ref, sampler, label, negatives, images, tokens):
+  """The reference's OM loop on the torch model up to the weights: [(outer depth, [(inner depth, CE)])]."""
   x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
   f = torch.nn.functional.normalize(ref.encode_image(x), dim=-1)
   path_y = sampler.path(label)
   outer = list(path_y[::-1][:max(1, math.ceil(sampler.out_ratio * len(path_y)))])
-  w_out = _torch_weights(scheme, [len(sampler.path(a)) - 1 for a in outer], theta, counts)
-  total = 0.0
+  rows = []
   for k, a in enumerate(outer):
     path_a = sampler.path(a)
-    n_in = max(1, math.ceil(sampler.in_ratio * len(path_a)))
-    w_in = _torch_weights(scheme, [len(path_a) - 1 - m for m in range(n_in)], theta, counts)
-    for m in range(n_in):
+    ces = []
+    for m in range(max(1, math.ceil(sampler.in_ratio * len(path_a)))):
       cols = list(negatives[(k, m)]) + [int(a)]
       t = torch.nn.functional.normalize(ref.encode_text(torch.from_numpy(tokens[cols]).long()), dim=-1)
       z = ref.logit_scale.exp() * f @ t.T
       target = torch.full((f.shape[0],), len(cols) - 1, dtype=torch.long)
-      total = total + (w_out[k] * w_in[m]).float() * torch.nn.functional.cross_entropy(z, target)
+      ces.append((len(path_a) - 1 - m, torch.nn.functional.cross_entropy(z, target)))
+    rows.append((len(path_a) - 1, ces))
+  return rows
+
+
+def _torch_loss(rows, theta, scheme, counts):
+  """The reference's weighted sum of the loop's cross-entropies under one weighting scheme."""
+  w_out = _torch_weights(scheme, [depth for depth, _ in rows], theta, counts)
+  total = 0.0
+  for k, (_, ces) in enumerate(rows):
+    w_in = _torch_weights(scheme, [depth for depth, _ in ces], theta, counts)
+    for m, (_, ce) in enumerate(ces):
+      total = total + (w_out[k] * w_in[m]).float() * ce
   return total
 
 
@@ -109,12 +124,13 @@ def test_full_model_loss_and_gradients_match_reference(models, problem, ratios):
   ce = jax.jit(per_contrast)(variables["params"])
   vjp = jax.jit(lambda p, w: jax.vjp(per_contrast, p)[1](w)[0])
 
+  rows = _torch_loop(ref, sampler, label, negatives, images, tokens)
   for scheme in hgr.SCHEMES:
     t0 = time.time()
     ref.zero_grad()
     tth = torch.tensor(theta, requires_grad=True)
-    loss_ref = _torch_loop(ref, sampler, label, negatives, images, tokens, tth, scheme, counts)
-    loss_ref.backward()
+    loss_ref = _torch_loss(rows, tth, scheme, counts)
+    loss_ref.backward(retain_graph=True)
     t1 = time.time()
 
     def weighted(th, ce_values, scheme=scheme):  # Bound now: the loop rebinds `scheme`.
@@ -135,7 +151,7 @@ def test_full_model_loss_and_gradients_match_reference(models, problem, ratios):
     overall = _rel(np.concatenate([np.ravel(x) for x in got_leaves]),
                    np.concatenate([np.ravel(x) for x in want_leaves]))
     assert overall <= 1e-5, (scheme, overall)
-    assert worst <= 1e-4, (scheme, worst)  # Per tensor, fp32 accumulation through 50 layers.
+    assert worst <= 1e-4, (scheme, worst)  # Per tensor, fp32 accumulation.
     if scheme == "adaptive":
       assert _rel(g_theta, tth.grad.numpy()) <= 1e-5
     print(scheme, f"loss {float(loss):.6f} vs {loss_ref.item():.6f}, grad rel {overall:.2e} (worst tensor "

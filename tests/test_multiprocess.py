@@ -1,6 +1,5 @@
 """Two local processes x 4 CPU devices behave like one process x 8 devices (multi-host in miniature)."""
 import json
-import subprocess
 
 import jax
 import numpy as np
@@ -12,12 +11,8 @@ from zsl_jax import metrics
 CONFIG = "tests/toy_config.py"
 
 
-def _launch(workdir, *overrides, timeout=300):
-  env = cli.env()
-  env.pop("XLA_FLAGS", None)
-  return subprocess.run(["bash", str(cli.REPO_ROOT / "launch" / "local.sh"), "2", "4", f"--config={CONFIG}",
-                         f"--workdir={workdir}", *overrides], cwd=cli.REPO_ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout, check=False)
+def _launch(workdir, *overrides, check=False):
+  return cli.launch_local(2, 4, CONFIG, workdir, *overrides, check=check)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +20,7 @@ def runs(tmp_path_factory):
   single = tmp_path_factory.mktemp("single")
   cli.run_main(CONFIG, single)
   multi = tmp_path_factory.mktemp("multi")
-  proc = _launch(multi)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  _launch(multi, check=True)
   return single, multi
 
 
@@ -62,5 +56,5 @@ def test_only_process_zero_writes_metrics(runs):
 
 def test_failed_process_stops_the_others(tmp_path):
   proc = _launch(tmp_path, "--config.toy.nan_at_step=3")
-  assert proc.returncode == 3
+  cli.expect_rc(proc, 3)
   assert "at step 3" in (tmp_path / "logs" / "process_0.log").read_text()

@@ -4,6 +4,8 @@ Hierarchy-CLIP scores, and the metrics of all variants scored in one pass over t
 
 Class names come from the demo hierarchy, whatever the demo generator calls its classes.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 
 from zsl_jax import contracts
 from zsl_jax import sharding
+from zsl_jax.models import clip as clip_lib
 from zsl_jax.projects.hgr import config as hgr_config
 from zsl_jax.projects.hgr import evaluator as hgr_evaluator
 from zsl_jax.projects.hgr import trainer as hgr_trainer
@@ -40,9 +43,15 @@ def demo(tmp_path_factory):
   return trainer, state, evaluator
 
 
+@functools.lru_cache(maxsize=None)
+def _text_tower(trainer):
+  return jax.jit(lambda v, t: trainer.module.apply(trainer.clip_variables(v), t, method=clip_lib.CLIP.encode_text))
+
+
 def _encode(trainer, state, prompts):
-  """Normalised text features of `prompts`, full 77-token rows (no truncation, no chunking)."""
-  return np.asarray(trainer.encode_prompts_fn({"params": state["params"], **state["model_state"]}, tokenize(prompts)))
+  """Normalised text features of `prompts` from the CLIP module itself: full 77-token rows, one call."""
+  out = np.asarray(_text_tower(trainer)({"params": state["params"], **state["model_state"]}, tokenize(prompts)))
+  return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 def _images(trainer, state):

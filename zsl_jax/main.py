@@ -11,6 +11,7 @@ import logging
 import os
 import pathlib
 import re
+import sys
 
 from absl import app
 from absl import flags
@@ -19,13 +20,14 @@ import ml_collections
 from ml_collections import config_flags
 
 from zsl_jax import cli
+from zsl_jax import console
 from zsl_jax import paths
 from zsl_jax import projects
 from zsl_jax import workdir as workdir_lib
 from zsl_jax.errors import TrainingDiverged
 from zsl_jax.errors import UserError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("zsl_jax.main")  # not __name__: `python -m` runs this module as __main__
 
 COMMAND = "main"
 
@@ -85,8 +87,20 @@ def _check_loaded(config, path):
     _fail(f"get_config() of {path!r} returned a {type(config).__name__}; return an ml_collections.ConfigDict")
 
 
+HELP_FLAGS = {"--help": True, "-help": True, "-h": True, "-?": True, "--helpshort": True, "--helpfull": False}
+
+
+def _help(argv):
+  """--help / --helpshort / --helpfull print their text and exit 0 (absl's own help flags exit 1)."""
+  for arg in argv[1:]:
+    if arg in HELP_FLAGS:
+      app.usage(shorthelp=HELP_FLAGS[arg], writeto_stdout=True)
+      sys.exit(0)
+
+
 def _parse_flags(argv):
   """absl parsing, turning config-file and config-override mistakes into one line instead of a traceback."""
+  _help(argv)
   _check_config_file(argv)
   try:
     parsed = flags.FLAGS(argv)
@@ -139,9 +153,13 @@ def _setup_platform(config):
 
 
 def _setup_logging():
-  """Our INFO lines on the console; library INFO chatter (Orbax logs every file it writes) hidden."""
+  """Our INFO lines on the console, each on its own line above any progress bar; library INFO chatter hidden.
+
+  absl (Orbax logs every file it writes) and the root logger (grain, jax) stay at WARNING.
+  """
   absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("zsl_jax").setLevel(logging.INFO)
+  logging.getLogger().setLevel(logging.WARNING)
+  console.install_handler("zsl_jax", logging.INFO)
 
 
 def _check_evaluators(engine, config):
@@ -182,6 +200,8 @@ def main(argv):
         logger.info("zsl_jax: trainer=%s mode=%s workdir=%s devices=%d processes=%d",
                     config.trainer, config.mode, workdir, jax.device_count(), jax.process_count())
         engine.run(config, workdir)
+        if jax.process_index() == 0:
+          print(console.summary(config, workdir), file=sys.stderr, flush=True)
         run = trainer_cls.next_run(config, workdir)
   except UserError as e:
     _fail(str(e))

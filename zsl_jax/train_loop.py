@@ -16,13 +16,13 @@ import json
 import logging
 import math
 import signal
-import sys
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
 from zsl_jax import chrono as chrono_lib
+from zsl_jax import console
 from zsl_jax import metrics as metrics_lib
 from zsl_jax import sharding
 from zsl_jax import workdir as workdir_lib
@@ -55,12 +55,16 @@ def close_all(*closers, quiet=False):
     raise first
 
 
-def run_evaluators(evaluators, state, step, writer, names=None):
-  """Runs the named (default: all) scheduled evaluators and writes their records at `step`."""
+def run_evaluators(evaluators, state, step, writer, names=None, progress=False):
+  """Runs the named (default: all) scheduled evaluators and writes their records at `step`.
+
+  `progress`: each evaluation shows its own bar of batches (`console.eval_bars`), gone once it ends.
+  """
   variables = {"params": state["params"], "model_state": state["model_state"]}
   for name, scheduled in evaluators.items():
     if names is None or name in names:
-      writer.write(step, name, scheduled.evaluator.run(variables, int(step)))
+      with console.eval_bars(name, progress):
+        writer.write(step, name, scheduled.evaluator.run(variables, int(step)))
 
 
 def due(evaluators, step):
@@ -130,6 +134,7 @@ class TrainLoop:
     self.evaluators = engine.build_evaluators()
     self.writer = None
     self.progress = None
+    self.show_progress = bool(engine.is_main and self.config.log.progress)
     self.checked_step = last_saved  # the newest step whose metrics were found finite (a resumed one was)
     self.chrono = chrono_lib.Chrono(engine.mesh.devices.size, engine.mesh.devices.flat[0].device_kind)
 
@@ -178,27 +183,43 @@ class TrainLoop:
   def run(self, state, data_iter):
     start = int(jax.device_get(state["step"]))
     self.writer = metrics_lib.MetricWriter(self.engine.workdir, tensorboard=self.config.log.tensorboard)
-    if self.engine.is_main and self.config.log.progress:
-      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-      self.progress = tqdm(total=self.total_steps, initial=start, unit="step", dynamic_ncols=True,
-                           file=sys.stderr, mininterval=1.0)
     try:
-      if start == 0:  # The untrained (or freshly initialised) model, as a baseline row.
-        run_evaluators(self.evaluators, state, 0, self.writer,
-                       names={n for n, e in self.evaluators.items() if e.at_start})
-      with StopSignal() as stop:
-        state, step = self._steps(state, data_iter, start, stop)
-      if self.last_saved != step:
-        self.save(step, state)
-      self.checkpointer.wait()
-      missing = missing_final_evals(self.evaluators, self.engine.workdir, step)
-      if missing:
-        run_evaluators(self.evaluators, state, step, self.writer, names=missing)
+      if start < self.total_steps:
+        state = self._train(state, data_iter, start)
+      elif not self._finish(state, start):  # a re-run of a finished run: no bar, no step
+        logger.info("already complete (step %d of %d); nothing to do — metrics in %s", start, self.total_steps,
+                    self.engine.workdir / "metrics.jsonl")
     except BaseException:
       close_all(*self._closers(), quiet=True)
       raise
     close_all(*self._closers())
     return state
+
+  def _train(self, state, data_iter, start):
+    """Start evaluations, the train phase under its bar, the last save, then the final evaluations."""
+    if start == 0:  # The untrained (or freshly initialised) model, as a baseline row.
+      self._evaluate(state, 0, {n for n, e in self.evaluators.items() if e.at_start})
+    if self.show_progress:  # opened after the start evaluations: one bar per phase
+      self.progress = console.train_bar(self.total_steps, start)
+    with StopSignal() as stop:
+      state, step = self._steps(state, data_iter, start, stop)
+    if self.last_saved != step:
+      self.save(step, state)
+    self.checkpointer.wait()
+    if self.progress is not None:  # the train phase's bar ends before the final evaluations' bars
+      self.progress.close()
+    self._finish(state, step)
+    return state
+
+  def _evaluate(self, state, step, names):
+    run_evaluators(self.evaluators, state, step, self.writer, names=names, progress=self.show_progress)
+
+  def _finish(self, state, step):
+    """Runs the evaluators without a record at the last step; returns whether any ran."""
+    missing = missing_final_evals(self.evaluators, self.engine.workdir, step)
+    if missing:
+      self._evaluate(state, step, missing)
+    return bool(missing)
 
   def _closers(self):
     """In order: the progress bar, the checkpointer (waits for the last save), the metric writer."""
@@ -214,6 +235,7 @@ class TrainLoop:
       with self.chrono.waiting():
         batch = sharding.global_batch(next(data_iter), self.engine.mesh, self.replicated_keys)
       state, measured = train_step(state, batch)
+      console.steady(self.progress)  # the first step returned: its compile is over
       step += 1
       if pending is not None:
         self.record(*pending)
@@ -232,7 +254,7 @@ class TrainLoop:
         raise Preempted(128 + (stop.signum or signal.SIGTERM))
       if step != self.total_steps:
         with self.chrono.paused():
-          run_evaluators(self.evaluators, state, step, self.writer, names=due(self.evaluators, step))
+          self._evaluate(state, step, due(self.evaluators, step))
       self.chrono.tick()
     if pending is not None:
       self.record(*pending, force=True)

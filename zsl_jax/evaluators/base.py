@@ -24,6 +24,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from zsl_jax import console
 from zsl_jax import sharding
 from zsl_jax.data import device_prefetch
 from zsl_jax.data import pipeline
@@ -84,9 +85,12 @@ def evaluate_batches(batches, mesh, fn, prefetch=2):
   """
   first, add = _summing(mesh)
   total, parts, pending = None, [], collections.deque()  # pending: (sums, rows) of batches in flight
+  bar = console.eval_bar(len(batches) if hasattr(batches, "__len__") else None)  # None unless a bar is wanted
   device_batches = device_prefetch.DevicePrefetch(batches, mesh, size=prefetch)
   try:
     for batch in device_batches:
+      if bar is not None:
+        bar.update(1)
       sums, rows = fn(batch)
       total = first(sums) if total is None else add(total, sums)
       pending.append((sums, None if rows is None else {**rows, pipeline.MASK_KEY: batch[pipeline.MASK_KEY]}))
@@ -94,6 +98,8 @@ def evaluate_batches(batches, mesh, fn, prefetch=2):
         parts += _settle(pending.popleft())
   finally:
     device_batches.close()
+    if bar is not None:
+      bar.close()
   while pending:
     parts += _settle(pending.popleft())
   sums = jax.device_get(total) if total is not None else None

@@ -69,6 +69,9 @@ class Tables:
 def count_batch(scores, labels, mask, tables, k):
   """Integer counts of one batch (traced under jit; sums over a global batch span every host).
 
+  A label's rank is counted directly (test classes scoring above it, ties broken towards the lower
+  position as `lax.top_k` does): unlike top_k, that needs no gather of the batch's scores across devices.
+
   Args:
     scores: [b, N] image-to-node similarities; labels: [b] node of each image's class;
     mask: [b] bool, False for padding (and undecodable images); tables: `Tables.arrays()`, numpy or
@@ -82,8 +85,12 @@ def count_batch(scores, labels, mask, tables, k):
   t = {name: jnp.asarray(x) for name, x in tables.items()}
   max_len = t["paths"].shape[1]
   m = mask.astype(jnp.int32)                                                       # [b]
-  _, topk = jax.lax.top_k(scores[:, t["candidates"]], k)                    # [b, k]
-  rank_hits = ((topk == t["position"][labels][:, None]) * m[:, None]).sum(0)        # [k]
+  cand = scores[:, t["candidates"]]                                                # [b, Nc]
+  pos = t["position"][labels]                                                      # [b], -1: not a test class
+  own = jnp.take_along_axis(cand, jnp.maximum(pos, 0)[:, None], axis=1)            # [b, 1]
+  ahead = (cand > own) | ((cand == own) & (jnp.arange(cand.shape[1])[None] < pos[:, None]))
+  rank = jnp.where(pos >= 0, ahead.sum(1), k)         # [b] rank in top_k's order (ties: lower index first)
+  rank_hits = (jax.nn.one_hot(rank, k, dtype=jnp.int32) * m[:, None]).sum(0)       # [k]
   p = t["paths"][labels]                                                           # [b, L]
   valid = p >= 0
   top_all = jnp.argmax(jnp.where(t["in_all"], scores, -jnp.inf), axis=-1)         # [b]
@@ -95,8 +102,8 @@ def count_batch(scores, labels, mask, tables, k):
   path = jnp.where(length > 1, pairs, right[:, 0])
   by_length = jax.nn.one_hot(length, max_len + 1, dtype=jnp.int32) * m[:, None]    # [b, L + 1]
   per_image = lambda x: (by_length * x.astype(jnp.int32)[:, None]).sum(0)
-  hit1 = topk[:, 0] == t["position"][labels]                                       # [b]
-  extra = consistency.count(scores, p, valid, hit1, t["candidates"][topk[:, 0]], m, t)
+  top1 = t["candidates"][jnp.argmax(cand, axis=1)]                                  # [b] Hit@1's prediction
+  extra = consistency.count(scores, p, valid, rank == 0, top1, m, t)
   return {"count": m.sum(), "rank_hits": rank_hits, "tor": tor, "right_by_length": per_image(right.sum(1)),
           "path_by_length": per_image(path), "right_by_depth": (right * m[:, None]).sum(0),
           "valid_by_depth": (valid * m[:, None]).sum(0), **extra}

@@ -13,6 +13,7 @@ class order, the number of classes or the machine. Layout of the index directory
   labels.npy     int32 [M]: class index in the hierarchy's node order
   roots.npy      uint8 [M]: which image root (ilsvrc_train, ilsvrc_val, imagenet21k)
   splits.npy     uint16 [M]: bit b set <=> row belongs to split SPLIT_BITS[b]
+  duplicates.json  groups of byte-identical images (only with dedup 'report' or 'drop'; `dedup.py`)
 """
 import concurrent.futures
 import importlib.util
@@ -25,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from zsl_jax.errors import UserError
+from zsl_jax.projects.hgr.hierarchy import dedup as dedup_lib
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ SPLIT_HELP = {
 N_VAL = 50
 N_RESERVED = 10
 INDEX_FORMAT = "zsl_jax.image_index/1"
+DEDUP_MODES = ("off", "report", "drop")
 
 
 # ----------------------------------------------------------------------------- class splits
@@ -181,7 +184,7 @@ def _bit(name):
   return np.uint16(1 << SPLIT_BITS.index(name))
 
 
-def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite=False):
+def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite=False, dedup="off"):
   """Scans the image folders and writes the index directory (see the module docstring).
 
   Args:
@@ -190,19 +193,27 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
     splits: class splits from `class_splits` (uses train and rest).
     roots: {'ilsvrc_train': dir, 'ilsvrc_val': dir, 'imagenet21k': dir}, each `<wnid>/*.JPEG`.
     seed: drives every random choice (validation images, reserved low-shot images).
+    dedup: 'off'; 'report' hashes every image and writes duplicates.json (`dedup.py`); 'drop' also
+      leaves all copies but the first of each group of identical images out of the index.
   Returns:
     the meta dict (also in meta.json), with per-split image and class counts.
   """
   out_dir = pathlib.Path(out_dir)
   if (out_dir / "meta.json").exists() and not overwrite:
     raise UserError(f"{out_dir} already holds an index; choose another --out or pass --overwrite")
+  if dedup not in DEDUP_MODES:
+    raise UserError(f"unknown dedup mode {dedup!r}; choose one of {', '.join(DEDUP_MODES)}")
   missing_roots = [k for k in ROOTS if k not in roots]
   if missing_roots:
     raise UserError(f"image roots {missing_roots} not given; pass --ilsvrc_train, --ilsvrc_val and --imagenet21k")
   seen, unseen = list(splits["train"]), list(splits["rest"])
   labels_of = {w: int(i) for w, i in zip(seen + unseen, hierarchy.indices(seen + unseen))}
   tr, va, un, missing, empty = _scan_roots(roots, seen, unseen, workers)
+  dup = None if dedup == "off" else _dedup(roots, {"ilsvrc_train": tr, "ilsvrc_val": va, "imagenet21k": un},
+                                          dedup, workers)
   out_dir.mkdir(parents=True, exist_ok=True)
+  if dup is not None:
+    (out_dir / "duplicates.json").write_text(json.dumps(dup, indent=1))
   labels, masks = _write_columns(out_dir, _class_rows(seen, unseen, tr, va, un, seed), labels_of)
   counts = _count_splits(labels, masks, sorted(set(labels_of[w] for w in seen)), splits, hierarchy)
   meta = {
@@ -210,10 +221,18 @@ def build_index(out_dir, hierarchy, splits, roots, seed=0, workers=32, overwrite
       "root_names": list(ROOTS), "split_bits": list(SPLIT_BITS), "n_val": N_VAL, "n_reserved": N_RESERVED,
       "hierarchy_wnids": list(hierarchy.wnids), "class_splits": splits, "num_images": int(len(labels)),
       "missing_class_dirs": missing, "empty_class_dirs": empty, "hierarchy_stats": hierarchy.stats(),
-      "counts": counts,
+      "counts": counts, "dedup": None if dup is None else {"mode": dedup, **dup["counts"]},
   }
   (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
   return meta
+
+
+def _dedup(roots, listings, mode, workers):
+  """Hashes the listed images; with mode 'drop' removes the extra copies from `listings` (in place)."""
+  report = dedup_lib.find_duplicates({k: str(v) for k, v in roots.items()}, listings, workers)
+  if mode == "drop":
+    report["counts"]["dropped"] = dedup_lib.drop(report, listings)
+  return report
 
 
 def _scan_roots(roots, seen, unseen, workers):

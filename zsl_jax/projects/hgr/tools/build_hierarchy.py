@@ -8,6 +8,9 @@
 Writes OUT/hierarchy.json (class order, names, parents, ancestor paths; `Hierarchy.load`),
 OUT/class_splits.json (WNID lists and counts), OUT/graph_edges.json (the graph before non-class
 removal) and OUT/shared_names.json (class names used by several classes), and prints the counts.
+`--tie_break networkx` gives a class with several shortest root paths the one the official code's
+`networkx.shortest_path` picks (default `wnid`: the smallest WNID sequence); the count of classes
+it affects is printed and kept in hierarchy.json's meta.
 """
 import json
 import logging
@@ -57,7 +60,10 @@ def build(source, testsets, winter21, *, xml=None, universe=None, p_list=None, n
   else:
     raise UserError(f"unknown hierarchy source {source!r}; choose imagenet_xml or wordnet")
   if p_list == "timm":
-    p_list = splits_lib.timm_21kp_list()
+    try:
+      p_list = splits_lib.timm_21kp_list()
+    except UserError as e:
+      raise UserError(f"{e} (--p_list FILE), or pass --p_list none to skip the ImageNet-21K-P splits") from None
   p = splits_lib.read_wnid_list(p_list) if p_list else None
   cs = splits_lib.class_splits(g.nodes, ts, w21, p)
   if names == "xml":

@@ -53,16 +53,17 @@ def manifest(testsets, winter21, fall11="timm", p_fall11="timm", p_winter21="tim
   if universe:
     files["universe"] = pathlib.Path(universe)
     uni = splits_lib.read_wnid_list(universe)
-  both = [w for w in dict.fromkeys(f11) if w in set(w21)]
-  releases = {"fall2011": (f11, pf), "winter2021": (w21, pw), "both": (both, [w for w in pf if w in set(pw)])}
+  w21_set, pw_set = set(w21), set(pw)
+  both = [w for w in dict.fromkeys(f11) if w in w21_set]
+  releases = {"fall2011": (f11, pf), "winter2021": (w21, pw), "both": (both, [w for w in pf if w in pw_set])}
   counts, sizes = {}, {}
   for name, (wnids, p_list) in releases.items():
     sizes[name] = len(set(wnids))
     cs = splits_lib.class_splits(wnids if uni is None else uni, ts, wnids, p_list, warn=False)
     counts[name] = {key: len(cs.get(key, [])) for _, key in ROWS}
   return {"format": "zsl_jax.manifest/1", "release_classes": sizes,
-          "only_fall2011": len(set(f11) - set(w21)), "only_winter2021": len(set(w21) - set(f11)),
-          "p_list_classes": {"fall2011": len(set(pf)), "winter2021": len(set(pw))},
+          "only_fall2011": len(set(f11) - w21_set), "only_winter2021": len(w21_set - set(f11)),
+          "p_list_classes": {"fall2011": len(set(pf)), "winter2021": len(pw_set)},
           "universe_classes": None if uni is None else len(set(uni)), "counts": counts,
           "inputs": {k: {"path": str(v), "sha256": _sha256(v)} for k, v in files.items()}}
 
