@@ -139,6 +139,17 @@ def read_schedule(ds, sampler_kind, steps, threads, block_rows, window_rows, max
   return done, count, wall, cpu, first
 
 
+def copy_ceiling(feature_shape, rows=40, steps=200):
+  """Rows/CPU-s of the cheapest possible step input now: one contiguous copy of `rows` rows (the machine's
+  memory bandwidth under its current load; a random gather cannot beat it)."""
+  source = np.ones((16 * rows,) + feature_shape, np.float32)
+  c0 = time.process_time()
+  for step in range(steps):
+    start = step % 16 * rows
+    source[start:start + rows].copy()
+  return steps * rows / (time.process_time() - c0)
+
+
 def split_block_bytes(ds, block_rows):
   """Bytes of the blocks holding the training split's rows (what a cache needs to hold it)."""
   blocks = np.unique(ds.trainval // block_rows).size
@@ -243,6 +254,8 @@ def _run(args, sizes, folder):
   print(f"AWA2-shaped files: {n:,} rows of {AWA2['rows']:,} x {sizes['feature_shape']} float32 = "
         f"{n * row_bytes / 2**30:.2f} GiB inflated; trainval {trainval:,}; schedule {args.steps:,} steps x 40 rows; "
         f"{args.threads} threads; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
+  print(f"copy ceiling now (one contiguous copy of 40 rows per step): {copy_ceiling(sizes['feature_shape']):.0f} "
+        f"rows/CPU-s", flush=True)
   print(f"\n{'layout':15s} {'mode':32s} {'sampler':9s} {'steps':>6s} {'rows/s':>10s} {'rows/CPU-s':>12s} "
         f"{'CPU s':>8s} {'wall s':>8s} {'setup s':>8s}")
   reference = []

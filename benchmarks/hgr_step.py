@@ -3,8 +3,8 @@
 zsl_jax side: `Engine.build_state(with_optimizer=True)` + `Engine.make_train_step()`, fed by the HGR
 trainer's own `train_iterator()` on the embedded demo data (configs/hgr_rn50.py:demo) with CLIP RN50
 sizes at --resolution px, class-pure batches, K = 0.25, M = 0.5, topk and every candidate as a
-negative. Each step encodes the step's unique prompts once, truncated after the last EOT and padded
-to the trainer's power-of-two bucket.
+negative. Each step encodes the step's unique prompts once, packed end to end into rows of 64 tokens
+(the trainer's static chunks; the chunks in use only). `--breakdown` also times the step's parts.
 
 torch side: the official recipe (the reference `main.py` loop with `tree_model` losses) on the
 *same sampled contrasts*: open_clip CLIP with the same sizes (random weights), the image tower once, the text
@@ -53,7 +53,8 @@ def parse_args(argv):
   ap.add_argument("--sampler", default="topk", choices=("topk", "random"),
                   help="negatives (every candidate either way); topk is the paper's, random draws from all nodes")
   ap.add_argument("--skip_torch", action="store_true")
-  ap.add_argument("--no_unpadded", action="store_true", help="skip the step without bucket padding")
+  ap.add_argument("--breakdown", action="store_true", help="also time the step's parts (towers, optimizer) alone")
+  ap.add_argument("--conv_impl", default="", help="model.conv_impl for the zsl_jax side (default: the config's)")
   ap.add_argument("--dry-run", dest="dry_run", action="store_true",
                   help="tiny CLIP, 1 timed step (or toy AOT shapes with --aot): a smoke test")
   ap.add_argument("--aot", action="store_true", help="paper-scale compile-only analysis (see hgr_aot.py)")

@@ -11,12 +11,15 @@ import time
 
 import jax
 import numpy as np
+import optax
 
 from zsl_jax import engine as engine_lib
 from zsl_jax import sharding
 from zsl_jax.data import pipeline
+from zsl_jax.data import transforms
 from zsl_jax.models import clip as clip_lib
 from zsl_jax.models import torch_io
+from zsl_jax.projects.hgr import trainer as hgr_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,8 @@ def bench_config(args, sizes):
   config.hgr.num_negatives = ALL_NEGATIVES             # More than the demo hierarchy has nodes: all negatives.
   config.data.num_threads, config.data.prefetch = 1, 1
   config.mesh.data = 1
+  if args.conv_impl:
+    config.model.conv_impl = args.conv_impl
   return config
 
 
@@ -66,17 +71,14 @@ def timed(fn):
   return out, time.process_time() - c, time.perf_counter() - w
 
 
-def time_engine(eng, batches, warmup, unpad=False):
+def time_engine(eng, batches, warmup):
   """Per-step (cpu, wall) after warm-up; each new shape is compiled apart (lower + compile) and timed."""
   state = eng.build_state(with_optimizer=True)
   step = eng.make_train_step()
   keys = tuple(eng.trainer.replicated_batch_keys)
   compiled, compile_s, rows = {}, 0.0, []
   for i, local in enumerate(batches):
-    local = dict(local)
-    if unpad:
-      local["prompt_tokens"] = local["prompt_tokens"][:int(local["num_prompts"])]
-    batch = sharding.global_batch(local, eng.mesh, keys)
+    batch = sharding.global_batch(dict(local), eng.mesh, keys)
     shape = local["prompt_tokens"].shape
     if shape not in compiled:
       t = time.perf_counter()
@@ -92,6 +94,27 @@ def time_engine(eng, batches, warmup, unpad=False):
   return np.asarray(rows), compile_s, sorted(compiled)
 
 
+def breakdown(eng, local, reps):
+  """CPU s of the step's parts, each jitted alone through the trainer's own functions (`--breakdown`)."""
+  state = eng.build_state(with_optimizer=True)
+  batch = sharding.global_batch(dict(local), eng.mesh, tuple(eng.trainer.replicated_batch_keys))
+  tr, model_state = eng.trainer, state["model_state"]
+  grad = lambda f: jax.jit(jax.grad(lambda p: f({"params": p, **model_state}).sum()))
+  update = lambda s: optax.apply_updates(s["params"], eng.tx.update(s["params"], s["opt_state"], s["params"])[0])
+  parts = {
+      "image tower fwd+bwd": (grad(lambda v: tr.encode_images(v, batch["image"], train=True)[0]), state["params"]),
+      "text tower fwd+bwd (packed chunks)": (grad(lambda v: tr.encode_step_prompts(v, batch)), state["params"]),
+      "loss + gradients": (jax.jit(jax.grad(lambda p: tr.loss({"params": p, **model_state}, batch, None, 0)[0])),
+                           state["params"]),
+      "optimizer update (AdamW + clip, SGD on θ)": (jax.jit(update), state),
+  }
+  out = {}
+  for name, (fn, arg) in parts.items():
+    jax.block_until_ready(fn(arg))
+    out[name] = np.median([timed(lambda fn=fn, arg=arg: fn(arg))[1] for _ in range(reps)])
+  return out
+
+
 def torch_model(clip_config):
   """open_clip's CLIP (quick GELU, as OpenAI's) with the trainer's sizes, random weights."""
   import torch  # pylint: disable=import-outside-toplevel
@@ -103,6 +126,19 @@ def torch_model(clip_config):
   vision = dict(layers=list(c.vision_layers), width=c.vision_width, image_size=c.image_resolution)
   torch.manual_seed(0)
   return oc_model.CLIP(embed_dim=c.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True).eval()
+
+
+def slot_tokens(batch):
+  """[slots, 77] int64: every packed prompt slot's own tokens (zeros for empty slots), for the torch side.
+
+  A row's prompts are contiguous from its start, so slot k spans (EOT of slot k-1) + 1 .. EOT of slot k.
+  """
+  packed, pool = np.asarray(batch["prompt_tokens"]), np.asarray(batch["prompt_pool"])
+  out = np.zeros((pool.size, 77), np.int64)
+  for row, k in zip(*np.nonzero(pool >= 0)):
+    start = pool[row, k - 1] + 1 if k else 0
+    out[row * pool.shape[1] + k, :pool[row, k] + 1 - start] = packed[row, start:pool[row, k] + 1]
+  return out
 
 
 def make_torch_step(model, num_levels):
@@ -120,9 +156,11 @@ def make_torch_step(model, num_levels):
     adamw.zero_grad(set_to_none=True)
     sgd.zero_grad(set_to_none=True)
     keep = np.asarray(b[pipeline.MASK_KEY], bool)
-    x = torch.from_numpy(np.ascontiguousarray(np.asarray(b["image"], np.float32)[keep].transpose(0, 3, 1, 2)))
-    tokens = np.zeros((b["prompt_tokens"].shape[0], 77), np.int64)
-    tokens[:, :b["prompt_tokens"].shape[1]] = b["prompt_tokens"]
+    x = np.asarray(b["image"])
+    if x.dtype == np.uint8:  # The loaders may send uint8 (normalised on device on the zsl_jax side).
+      x = (x / np.float32(255) - np.float32(transforms.CLIP_MEAN)) / np.float32(transforms.CLIP_STD)
+    x = torch.from_numpy(np.ascontiguousarray(x.astype(np.float32)[keep].transpose(0, 3, 1, 2)))
+    tokens = slot_tokens(b)                                                    # [slots, 77]
     f = fn.normalize(model.encode_image(x), dim=-1)                            # [B, E]
     groups = np.flatnonzero(b["group_mask"])
     k_idx, m_idx = b["k_index"][groups], b["m_index"][groups]
@@ -160,25 +198,28 @@ def time_torch(clip_config, num_levels, batches, warmup, threads):
   return np.asarray(rows)
 
 
-def text_work(batches):
-  """(unique prompts, bucket rows, tokens per row) for zsl_jax; (sequences, 77) for the reference."""
+def text_work(batches, layout):
+  """Medians for zsl_jax (unique prompts, their tokens, rows encoded) and the padding encoded; reference
+  prompts and contrasts."""
   uniq = np.median([int(b["num_prompts"]) for b in batches])
-  rows = np.median([b["prompt_tokens"].shape[0] for b in batches])
-  length = np.median([b["prompt_tokens"].shape[1] for b in batches])
+  useful, encoded = zip(*(hgr_trainer.text_tokens(b, layout) for b in batches))
+  rows = np.median([int(b["prompt_chunks"]) * layout.chunk_rows for b in batches])
+  pad = 1 - np.sum(useful) / np.sum(encoded)
   ref = np.median([int((b["columns"][b["group_mask"]] >= 0).sum()) for b in batches])
   groups = np.median([int(b["group_mask"].sum()) for b in batches])
-  return uniq, rows, length, ref, groups
+  return uniq, np.median(useful), rows, layout.row_tokens, pad, ref, groups
 
 
-def print_table(args, clip_name, results, work, batches):
-  uniq, rows, length, ref, groups = work
+def print_table(args, clip_name, results, work, batches, parts):
+  uniq, useful, rows, length, pad, ref, groups = work
   load = os.getloadavg()
   print(f"\nHGR-Net train step, {clip_name} @ {args.resolution} px, class-pure batch {args.batch}, K=0.25 M=0.5, "
         f"{args.sampler} with every candidate as negative; {args.threads} thread(s) per side; median of "
         f"{len(batches) - args.warmup} step(s) after {args.warmup} warm-up; load average {load[0]:.2f} "
         f"on {os.cpu_count()} cores")
-  print(f"per step: {groups:.0f} contrasts; zsl_jax encodes {uniq:.0f} unique prompts padded to {rows:.0f} rows x "
-        f"{length:.0f} tokens ({rows - uniq:.0f} padding rows); the reference encodes {ref:.0f} prompts x 77 tokens")
+  print(f"per step: {groups:.0f} contrasts; zsl_jax encodes {uniq:.0f} unique prompts ({useful:.0f} tokens) packed "
+        f"into {rows:.0f} rows x {length} tokens ({100 * pad:.0f}% padding); the reference encodes {ref:.0f} prompts "
+        f"x 77 tokens")
   print(f"{'side':44s}{'cpu s/step':>11s}{'wall s/step':>12s}{'cpu/wall':>9s}{'compile s':>10s}  shapes")
   for name, (r, compile_s, shapes) in results.items():
     cpu, wall = np.median(r[:, 0]), np.median(r[:, 1])
@@ -187,13 +228,12 @@ def print_table(args, clip_name, results, work, batches):
     print(f"{name:44s}{cpu:11.3f}{wall:12.3f}{cpu / wall:9.2f}{comp}  {shapes}")
   base = results["zsl_jax engine step"][0]
   for name, (r, _, _) in results.items():
-    if name == "zsl_jax engine step":
-      continue
-    kind = ("padding only (same step, same framework)" if "padding" in name else
-            "algorithm + framework: 77-token per-contrast prompts in torch vs truncated deduplicated prompts "
-            "in XLA")
-    print(f"ratio {name} / zsl_jax engine step: cpu {np.median(r[:, 0]) / np.median(base[:, 0]):.2f}x, wall "
-          f"{np.median(r[:, 1]) / np.median(base[:, 1]):.2f}x  [{kind}]")
+    if name != "zsl_jax engine step":
+      print(f"ratio {name} / zsl_jax engine step: cpu {np.median(r[:, 0]) / np.median(base[:, 0]):.2f}x, wall "
+            f"{np.median(r[:, 1]) / np.median(base[:, 1]):.2f}x  [algorithm + framework: 77-token per-contrast "
+            f"prompts in torch vs packed deduplicated prompts in XLA]")
+  for name, cpu in parts.items():
+    print(f"  part: {name:48s} cpu {cpu:.3f} s")
 
 
 def run(args):
@@ -207,12 +247,11 @@ def run(args):
                                                             image_resolution=args.resolution)
     batches = take_batches(eng, args.warmup + iters)
     results = {"zsl_jax engine step": time_engine(eng, batches, args.warmup)}
-    if not args.no_unpadded:
-      results["zsl_jax step, bucket padding removed"] = time_engine(eng, batches, args.warmup, unpad=True)
+    parts = breakdown(eng, batches[0], max(iters, 1)) if args.breakdown else {}
     if not args.skip_torch:
       results["official recipe (torch, open_clip)"] = (
           time_torch(eng.trainer.clip_config, len(eng.trainer.level_counts), batches, args.warmup, args.threads),
           None, ())
-  print_table(args, "tiny CLIP" if args.dry_run else "CLIP RN50 (random weights)", results, text_work(batches),
-              batches)
+    work = text_work(batches, eng.trainer.layout)
+  print_table(args, "tiny CLIP" if args.dry_run else "CLIP RN50 (random weights)", results, work, batches, parts)
   return 0

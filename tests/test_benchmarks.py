@@ -27,30 +27,40 @@ def numbers(line):
 # ------------------------------------------------------------------ benchmarks/hgr_step.py
 @pytest.mark.slow
 def test_hgr_step_dry_run_prints_side_by_side_table():
-  out = run_script("benchmarks/hgr_step.py", "--dry-run")
+  out = run_script("benchmarks/hgr_step.py", "--dry-run", "--breakdown")
   rows = {name: next((line for line in out.splitlines() if line.startswith(name)), None)
-          for name in ("zsl_jax engine step", "zsl_jax step, bucket padding removed", "official recipe (torch")}
+          for name in ("zsl_jax engine step", "official recipe (torch")}
   assert all(rows.values()), out
   for name, line in rows.items():
     cpu, wall, ratio = numbers(line)[:3]
     assert cpu > 0 and wall > 0, line
     assert ratio <= 1.3, f"{name}: CPU time {cpu} s over wall {wall} s breaks the 1-thread limit"
-  assert re.search(r"encodes \d+ unique prompts padded to 64 rows", out), out
+  m = re.search(r"encodes (\d+) unique prompts \((\d+) tokens\) packed into (\d+) rows x 64 tokens \((\d+)% padding\)",
+                out)
+  assert m and 0 < int(m[2]) <= 64 * int(m[3]) and int(m[4]) < 100, out
+  assert re.search(r"\s1x64\s*$|\s\d+x64\s*$", rows["zsl_jax engine step"]), rows  # One compiled prompt shape.
   ratios = [line for line in out.splitlines() if line.startswith("ratio ")]
-  assert len(ratios) == 2 and "algorithm + framework" in ratios[1] and "padding only" in ratios[0], out
+  assert len(ratios) == 1 and "algorithm + framework" in ratios[0], out
+  parts = [line for line in out.splitlines() if line.strip().startswith("part:")]
+  assert len(parts) == 4 and all(numbers(line)[-1] > 0 for line in parts), out
 
 
 @pytest.mark.slow
-def test_hgr_step_aot_dry_run_prints_bucket_table():
+def test_hgr_step_aot_dry_run_prints_layout_and_memory_tables():
   out = run_script("benchmarks/hgr_step.py", "--aot", "--dry-run")
   assert "Sampler replay: the trainer's AddContrasts" in out and "Projection: H100 time" in out, out
   lines = out.splitlines()
-  head = next(i for i, line in enumerate(lines) if line.strip().startswith("bucket") and "fits80" in line)
+  head = next(i for i, line in enumerate(lines) if line.strip().startswith("devices") and "shapes" in line)
+  for line, devices in zip(lines[head + 1:head + 3], (1, 8)):
+    row = line.split()  # devices, "C x R x T", "prompts / tokens", shapes, chunks, padding, ...
+    assert int(row[0]) == devices and row[9] == "1", line  # One compiled prompt shape for every step.
+    assert 0 <= float(row[11].rstrip("%")) < 100, line
+  head = next(i for i, line in enumerate(lines) if line.strip().startswith("devices") and "fits72" in line)
   row = lines[head + 1].split()
-  assert re.fullmatch(r"\d+x\d+", row[0]) and row[7] in ("yes", "NO"), lines[head + 1]
-  step_tf, text_tf, image_tf = (float(v) for v in row[2:5])
+  assert row[0] == "1" and row[4] in ("yes", "NO") and row[6] == "p50", lines[head + 1]
+  text_tf, image_tf, step_tf = (float(v) for v in row[8:11])
   assert step_tf >= text_tf >= 0 and step_tf >= image_tf >= 0
-  assert float(row[9]) > 0  # per-device FLOPs on 8 devices over the 1-device FLOPs / 8
+  assert re.search(r"text-tower FLOPs per device, 8 devices / 1 device .*: \d+\.\d+ ", out), out
   assert re.search(r"official recipe .* = \d+\.\d+ TF per step", out), out
 
 

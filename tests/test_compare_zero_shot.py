@@ -37,7 +37,7 @@ def test_compare_writes_the_table_json_and_plot(inputs, tmp_path):
   clip, run, demo_root, images = inputs
   out = tmp_path / "out"
   status = compare.main(["--demo", "--demo_root", str(demo_root), "--clip", str(clip), "--hgr_run", str(run),
-                         "--out", str(out), "--cache_dir", str(tmp_path / "cache")])
+                         "--out", str(out), "--cache_dir", str(tmp_path / "cache"), "--prompt_batch", "512"])
   assert status == 0
   record = json.loads((out / "comparison.json").read_text())
   rows = record["rows"]

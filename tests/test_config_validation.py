@@ -30,6 +30,8 @@ from zsl_jax import sharding
 from zsl_jax import trainer as base_trainer
 from zsl_jax.errors import UserError
 from zsl_jax.models import clip as clip_lib
+from zsl_jax.models.clip import modified_resnet
+from zsl_jax.models.clip import text_transformer
 from zsl_jax.projects.attr import evaluator as gzsl
 from zsl_jax.projects.attr.data import samplers
 from zsl_jax.projects.attr.data import xlsa17
@@ -46,7 +48,8 @@ CORE = {"mode": config_lib.MODES, "compute_dtype": base_trainer.COMPUTE_DTYPES, 
         "optim.schedule.type": optim.SCHEDULES, "sharding.strategy": sharding.STRATEGIES}
 HGR = {"hgr.method": negatives.METHODS, "hgr.sampler": negatives.SAMPLERS, "hgr.level_weights": hgr_loss.SCHEMES,
        "hgr.index_by": hgr_loss.INDEX_BY, "hgr.weighting": hgr_loss.WEIGHTINGS, "model.name": hgr_trainer.MODEL_NAMES,
-       "data.images": array_record.IMAGE_SOURCES}
+       "data.images": array_record.IMAGE_SOURCES, "model.remat_text": text_transformer.REMAT_POLICIES,
+       "model.remat_image": text_transformer.REMAT_POLICIES, "model.conv_impl": modified_resnet.CONV_IMPLS}
 ATTR = {"data.dataset": xlsa17.DATASETS, "data.sampler": samplers.KINDS, "zsl.select_on": dazle_trainer.SELECT_ON,
         "evals.gzsl.type": tuple(projects.EVALUATORS)}
 FAMILIES = {

@@ -79,11 +79,12 @@ def test_clip_baseline_batches_of_2x4_equal_1x8_across_an_epoch(demo_root, monke
 
 def test_hgr_class_pure_batches_and_contrasts_of_2x4_equal_1x8(demo_root, monkeypatch):
   def make(num_devices):
+    del num_devices  # Every process of a 2 x 4 run sees the global 8-device mesh, which sizes the prompt chunks.
     config = hgr_rn50.get_config("demo")
     config.data.demo_root = demo_root
     config.data.num_threads = 2
     config.batch_size = 8
-    return hgr_trainer.Trainer(config, _mesh(num_devices))
+    return hgr_trainer.Trainer(config, _mesh(8))
   _assert_hosts_concatenate(make, monkeypatch, steps=20, replicated=hgr_trainer.Trainer.replicated_batch_keys)
 
 

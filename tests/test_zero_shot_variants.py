@@ -29,7 +29,7 @@ def demo(tmp_path_factory):
   """(trainer, evaluation state with random weights, context factory)."""
   config = hgr_config.hgr_config("demo")
   config.data.demo_root = str(tmp_path_factory.mktemp("hgr_demo_data"))
-  mesh = sharding.make_mesh(dict(data=jax.device_count(), fsdp=1))
+  mesh = sharding.make_mesh(dict(data=1, fsdp=1), jax.devices()[:1])  # 8 devices: test_compare_zero_shot
   trainer = hgr_trainer.Trainer(config, mesh)
   variables = jax.jit(trainer.init_variables)(jax.random.PRNGKey(0))
   state = {"params": variables["params"], "model_state": {"batch_stats": variables["batch_stats"]}}
@@ -37,7 +37,7 @@ def demo(tmp_path_factory):
 
   def evaluator(**fields):
     context = contracts.EvalContext(name=EVAL_NAME, mesh=mesh, workdir=workdir, offer=trainer.eval_offer())
-    fields = {"classes": CLASSES, "prompt_batch": 64, "num_threads": 2, "cache_dir": str(workdir / "cache"), **fields}
+    fields = {"classes": CLASSES, "prompt_batch": 512, "num_threads": 2, "cache_dir": str(workdir / "cache"), **fields}
     return hgr_evaluator.Evaluator(context, **fields)
 
   return trainer, state, evaluator

@@ -61,29 +61,42 @@ def rows_bound(tokens, row_tokens, longest):
 def assign_rows(lengths, row_tokens):
   """(row, start) of every prompt: longest first, each row filled with the longest prompts that fit.
 
-  Deterministic; lengths int [U] (each <= row_tokens). Costs one Python step per (row, length) pair.
+  Deterministic; lengths int [U] (each <= row_tokens). The loop runs in plain Python integers over
+  distinct row fillings: a filling that took as many prompts of each length as fitted repeats
+  while those lengths last, so it is placed for all its repeats at once. Placement is vectorised.
   """
   lengths = np.asarray(lengths, np.int64)
-  order = np.argsort(-lengths, kind="stable")
-  values, counts = np.unique(lengths[order], return_counts=True)
-  values, counts = values[::-1], counts[::-1].copy()        # longest first, as `order`
-  first = np.concatenate([[0], np.cumsum(counts)[:-1]])      # where each length begins in `order`
-  taken = np.zeros_like(counts)
+  order = np.argsort(-lengths, kind="stable")                # longest first
+  values, counts = np.unique(lengths, return_counts=True)
+  values, left = values[::-1].tolist(), counts[::-1].tolist()  # classes in `order`'s order
+  blocks = []                                                # (class, first row, offset, per row, rows)
+  active, row = list(range(len(values))), 0
+  while active:
+    space, filling, repeats = row_tokens, [], True
+    for i in active:
+      n = min(left[i], space // values[i])
+      if n:
+        repeats = repeats and n == space // values[i]        # limited by space, not by what is left
+        filling.append((i, row_tokens - space, n))
+        left[i] -= n
+        space -= n * values[i]
+    rows = 1 + (min(left[i] // n for i, _, n in filling) if repeats else 0)
+    for i, offset, n in filling:
+      left[i] -= n * (rows - 1)
+      blocks.append((i, row, offset, n, rows))
+    active = [i for i in active if left[i]]
+    row += rows
+  blocks = np.asarray(blocks, np.int64).reshape(-1, 5)
+  reps = blocks[:, 4]
+  blocks = np.repeat(blocks[:, :4], reps, axis=0)            # one block per (class, row)
+  blocks[:, 1] += np.arange(len(blocks)) - np.repeat(np.cumsum(reps) - reps, reps)
+  blocks = blocks[np.argsort(blocks[:, 0], kind="stable")]   # class by class, rows in order
+  # Concatenated class by class, the blocks' prompts are exactly `order`.
+  n = blocks[:, 3]
+  within = np.arange(len(lengths)) - np.repeat(np.cumsum(n) - n, n)
   row_of, start_of = np.empty(len(lengths), np.int64), np.empty(len(lengths), np.int64)
-  row, left = 0, int(counts.sum())
-  while left:
-    space = row_tokens
-    for i, length in enumerate(values):
-      n = min(int(counts[i] - taken[i]), space // int(length))
-      if n <= 0:
-        continue
-      who = order[first[i] + taken[i]:first[i] + taken[i] + n]
-      row_of[who] = row
-      start_of[who] = row_tokens - space + length * np.arange(n)
-      taken[i] += n
-      space -= n * int(length)
-      left -= n
-    row += 1
+  row_of[order] = np.repeat(blocks[:, 1], n)
+  start_of[order] = np.repeat(blocks[:, 2], n) + np.repeat(np.asarray(values, np.int64)[blocks[:, 0]], n) * within
   return row_of, start_of
 
 
