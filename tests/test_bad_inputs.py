@@ -12,7 +12,6 @@ import json
 import os
 import pathlib
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -105,8 +104,7 @@ def results(tmp_path_factory):
     tmp = root / case
     tmp.mkdir()
     _inputs(tmp)
-    proc = subprocess.run(_command(name, args, tmp), cwd=cli.REPO_ROOT, env=cli.env(JAX_PLATFORMS="cpu"),
-                          capture_output=True, text=True, timeout=900, check=False)
+    proc = cli.run(_command(name, args, tmp), env=cli.env(JAX_PLATFORMS="cpu"))
     return case, (proc.returncode, proc.stderr, tmp)
 
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -183,8 +181,7 @@ def test_read_only_workdir_and_output_folder(tmp_path):
     for name, args in (("main", [f"--config={DAZLE}", f"--workdir={locked / 'run'}"]),
                        ("main", [f"--config={DAZLE}", f"--workdir={locked}"]),
                        ("convert_clip", ["x.pt", str(locked / "clip")])):
-      proc = subprocess.run(_command(name, args, tmp_path), cwd=cli.REPO_ROOT, env=cli.env(JAX_PLATFORMS="cpu"),
-                            capture_output=True, text=True, timeout=600, check=False)
+      proc = cli.run(_command(name, args, tmp_path), env=cli.env(JAX_PLATFORMS="cpu"))
       lines = proc.stderr.strip().splitlines()
       assert proc.returncode == 2 and len(lines) == 1 and "not writable" in lines[0] and str(locked) in lines[0]
   finally:
@@ -200,8 +197,7 @@ def demo_files(tmp_path_factory):
 
 
 def _tool(name, *args):
-  proc = subprocess.run([sys.executable, "-m", f"zsl_jax.tools.{name}", *map(str, args)], cwd=cli.REPO_ROOT,
-                        env=cli.env(JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600, check=False)
+  proc = cli.run([sys.executable, "-m", f"zsl_jax.tools.{name}", *map(str, args)], env=cli.env(JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   return [line for line in proc.stderr.splitlines() if line.startswith("WARNING: ")]
 

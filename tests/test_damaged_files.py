@@ -9,7 +9,6 @@ stays intact and the same command then finishes the run exactly.
 import json
 import re
 import shutil
-import subprocess
 import sys
 
 import jax
@@ -68,8 +67,7 @@ def test_torn_metrics_line_and_unreadable_checkpoint_resume_exactly(reference, t
 def test_full_disk_during_a_save_ends_with_one_line_and_the_rerun_finishes(reference, tmp_path):
   _, final = reference
   args = cli.main_args(CONFIG, tmp_path, KEEP_ALL)[3:]  # after `python -m zsl_jax.main`
-  proc = subprocess.run([sys.executable, "-m", "tests.faults", "enospc_at=8", *args], cwd=cli.REPO_ROOT,
-                        env=cli.env(), capture_output=True, text=True, timeout=600, check=False)
+  proc = cli.run([sys.executable, "-m", "tests.faults", "enospc_at=8", *args], env=cli.env())
   assert proc.returncode == 2, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   line = proc.stderr.strip().splitlines()[-1]

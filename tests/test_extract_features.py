@@ -2,7 +2,6 @@
 import os
 import pickle
 import shutil
-import subprocess
 import sys
 
 import h5py
@@ -117,8 +116,7 @@ def test_finished_file_with_other_weights_resolution_or_dtype_is_refused(setup, 
   torch.save(other, tmp_path / "other.pth")
   argv = _args(setup, out, "--dtype", "bfloat16")
   argv[argv.index("--weights") + 1] = str(tmp_path / "other.pth")
-  proc = subprocess.run([sys.executable, "-m", "zsl_jax.tools.extract_features", *argv], cwd=cli.REPO_ROOT,
-                        env=cli.env(JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=600, check=False)
+  proc = cli.run([sys.executable, "-m", "zsl_jax.tools.extract_features", *argv], env=cli.env(JAX_PLATFORMS="cpu"))
   errors = [line for line in proc.stderr.splitlines() if line.startswith("zsl_jax extract_features: error: ")]
   assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
   assert "is a finished extraction with different settings (dtype: file float32, this run bfloat16, " \

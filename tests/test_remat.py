@@ -83,8 +83,10 @@ def test_im2col_convolution_equals_xla():
   for a, b in zip(jax.tree.leaves(out["xla_init"]), jax.tree.leaves(out["matmul_init"])):
     np.testing.assert_array_equal(a, b)  # nn.Conv's parameter, name and initial values.
   np.testing.assert_allclose(out["matmul"], out["xla"], rtol=1e-5)
+  scale = max(float(np.abs(b).max()) for b in jax.tree.leaves(grads["xla"]))
   for a, b in zip(jax.tree.leaves(grads["matmul"]), jax.tree.leaves(grads["xla"])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
+    # Key biases have zero gradient in exact arithmetic, rounding noise here: absolute to the largest.
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
 
 
 @pytest.mark.parametrize("field, value, message", [

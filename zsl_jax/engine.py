@@ -204,7 +204,8 @@ class Engine:
       raise UserError("config.evals is empty: nothing to evaluate; the method's config declares its evaluators")
     writer = metrics_lib.MetricWriter(self.workdir, tensorboard=self.config.log.tensorboard)
     try:
-      train_loop.run_evaluators(evaluators, state, step, writer)
+      train_loop.run_evaluators(evaluators, state, step, writer,
+                                progress=self.is_main and bool(self.config.log.progress))
     finally:
       writer.close()
     return state

@@ -2,8 +2,9 @@
 
 A background thread reads this host's numpy batches and turns them into global `jax.Array`s
 (`sharding.global_batch`, which only enqueues the copies), keeping `size` of them ready, so the
-loop's `next()` is a queue pop: neither reading the host iterator nor the transfer calls (which
-on the CPU backend wait behind the running step) hold up the next dispatch. `sharding.global_batch`
+loop's `next()` is a queue pop: neither reading the host iterator nor the transfer calls hold up
+the next dispatch (on a loaded 2-core CPU the transfer calls were 80 % of the HGR demo's data wait
+while they ran in the loop: 10-13 % of the step time, now 2.5-4 %). `sharding.global_batch`
 passes these arrays through unchanged. Errors raised while reading surface in `next()`.
 
 Exact resume: the wrapped iterator has already read the prefetched batches, so its own position
