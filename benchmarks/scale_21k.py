@@ -9,7 +9,7 @@ measures what scales with the number of classes, not with image size:
   - the HGR trainer at the paper's contrast shapes (class-pure B = 256, K = 0.25, M = 0.5, topk,
     256 negatives) with a tiny custom CLIP: host milliseconds per step of the trainer's own
     `AddContrasts` step map (sampling + dedupe + tokens), distinct compiled prompt shapes and text
-    rows encoded per useful row; and the data-wait fraction of a short `Engine.train()` run;
+    tokens encoded per useful token (packed rows); and the data-wait fraction of a short `Engine.train()` run;
   - the hierarchical evaluator over every 21K-D test class in a fresh process: prompts encoded once,
     images per second and the process's peak RSS (`ru_maxrss`).
 
@@ -147,9 +147,10 @@ def contrast_host_work(trainer, steps):
     t0 = time.perf_counter()
     out = step_map(step, {})
     ms.append(1e3 * (time.perf_counter() - t0))
-    rows_, n = out["prompt_tokens"].shape[0], int(out["num_prompts"])
+    n = int(out["num_prompts"])
     shapes.add(out["prompt_tokens"].shape)
-    pad.append(rows_ / n)
+    useful_tokens, encoded_tokens = hgr.text_tokens(out, step_map.layout)  # packed rows: count tokens
+    pad.append(encoded_tokens / max(useful_tokens, 1))
     useful.append(n)
   return {"median_ms": statistics.median(ms), "p99_ms": float(np.percentile(ms, 99)),
           "cpu_ms": 1e3 * (time.process_time() - cpu0) / steps, "shapes": sorted(shapes),
@@ -294,7 +295,7 @@ def table(sizes, host, train, ev, a):
        f"(CPU {host['cpu_ms']:.2f} ms/step mean) over {a.steps} steps"),
       ("unique prompts/step", f"median {host['prompts_median']:.0f}, max {host['prompts_max']}"),
       ("compiled prompt shapes", f"{len(host['shapes'])} over {a.steps} steps: {shapes}"),
-      ("text rows per useful row", f"{host['padding']:.2f} mean"),
+      ("text tokens encoded per useful token", f"{host['padding']:.2f} mean"),
       ("data-wait fraction", f"{wait}; {train['steps_timed']} steps after compile, train() "
        f"{train['wall']:.1f} s wall / {train['cpu']:.1f} s CPU incl. compiles"),
       ("engine step", engine_step(train)),
