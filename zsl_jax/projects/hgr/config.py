@@ -146,8 +146,7 @@ def to_baseline(c):
   c.optim = config_lib.optim_config(name="adamw", lr=3e-7, weight_decay=1e-4, grad_clip_norm=0.0,
                                      schedule=dict(type="constant"))
   if c.data.demo:
-    c.batch_size = 24
-    c.total_steps = 600
+    c.batch_size = 24  # total_steps stays the HGR-Net run's (600 in the demo, or the user's override)
     c.optim.lr = 1e-3
     c.optim.schedule = dict(type="cosine", warmup_steps=50, end_factor=0.05)
     c.compare_baseline = False
