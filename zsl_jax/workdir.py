@@ -47,6 +47,7 @@ ALLOWED_CHANGES = (
     "evals.*", "log.*",            # evaluation-only and logging fields
     "checkpoint.*",                # checkpoint cadence, retention and async writing
     "mesh.*", "sharding.*", "distributed.*", "compilation_cache_dir",  # placement and platform
+    "data.num_threads", "data.prefetch",  # loader parallelism: the same example stream
 )  # Besides, an init.checkpoint naming the workdir itself counts as none (evaluating the run in place).
 # Also allowed once the run diverged: the settings that tame a divergence (the optimizer state's
 # structure must stay; a checkpoint that no longer fits is refused by zsl_jax.checkpoint).
