@@ -64,7 +64,7 @@ def test_scale_21k_dry_run_table(suite):
   s = json.loads((out / "scale.json").read_text())
   assert s["sizes"]["classes"] == 300 and s["sizes"]["indexed"] > 0
   assert s["host"]["padding"] >= 1.0 and 1 <= len(s["host"]["shapes"]) <= 8  # Packed prompts: few shapes.
-  assert 0.0 <= s["train"]["measured"] <= 1.0 and s["train"]["steps_timed"] == 3
+  assert 0.0 <= s["train"]["measured"] <= 1.0 and s["train"]["steps_timed"] >= 3  # device prefetch reads ahead
   assert s["train"]["logged"] is None or 0.0 <= s["train"]["logged"] <= 1.0
   ev = s["eval"]
   assert ev["prompts"] == 300 and ev["prompt_rows"] >= 300  # Every class's prompt, encoded once.
