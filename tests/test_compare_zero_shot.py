@@ -39,7 +39,8 @@ def test_compare_writes_the_table_json_and_plot(inputs, tmp_path):
   status = compare.main(["--demo", "--demo_root", str(demo_root), "--clip", str(clip), "--hgr_run", str(run),
                          "--out", str(out), "--cache_dir", str(tmp_path / "cache"), "--prompt_batch", "512"])
   assert status == 0
-  record = json.loads((out / "comparison.json").read_text())
+  table_path, json_path, plot_path = compare.outputs(out, next(iter(hgr_config.EVAL_SETS)))
+  record = json.loads(json_path.read_text())
   rows = record["rows"]
   want = [("CLIP", v) for v in variants.VARIANTS] + [("HGR-Net", "plain")]
   assert [(r["weights"], r["variant"]) for r in rows] == want
@@ -50,10 +51,10 @@ def test_compare_writes_the_table_json_and_plot(inputs, tmp_path):
   assert hgr["step"] == 3 and plain["step"] == 0
   assert {k: v for k, v in hgr.items() if k not in ("weights", "source", "step")} == \
       {k: v for k, v in plain.items() if k not in ("weights", "source", "step")}
-  table = (out / "comparison.md").read_text().splitlines()
+  table = table_path.read_text().splitlines()
   assert table[2].startswith("| weights | variant | Hit@1 |") and len(table) == 4 + len(rows)
   assert table[4].startswith(f"| CLIP | plain | {plain['hit@1']:.3f} |")
-  assert (out / "per_depth.png").stat().st_size > 1000
+  assert plot_path.stat().st_size > 1000
   assert len(list((tmp_path / "cache").glob("zeroshot_*.npy"))) == 1  # the ensemble, cached once
 
 

@@ -74,7 +74,8 @@ def test_clip_baseline_batches_of_2x4_equal_1x8_across_an_epoch(demo_root, monke
   for step in range(11):
     b = next(it)
     np.testing.assert_array_equal(b["label"], trainer.index.labels(sampler(step)))
-  assert b["_mask"].all() and b["image"].shape == (40, 64, 64, 3)
+  size = trainer.config.model.custom.image_resolution
+  assert b["_mask"].all() and b["image"].shape == (40, size, size, 3)
 
 
 def test_hgr_class_pure_batches_and_contrasts_of_2x4_equal_1x8(demo_root, monkeypatch):

@@ -10,9 +10,9 @@ HGR-Net run) on one test protocol, as one table.
 Each set of weights is restored once and scored by one hierarchical evaluator that encodes every test
 image once and scores it under every variant (`eval_suite.variants`), so the rows share the images,
 the hierarchy, the counts and the metric code of `python -m zsl_jax.main --config.mode=eval`. Writes
-`<out>/comparison.md` (the table), `<out>/comparison.json` (every metric of every row) and
-`<out>/per_depth.png` (per-depth accuracy, one line per row); the prompt-ensemble vectors are cached
-under `--cache_dir`, keyed by a fingerprint of the weights.
+`<out>/compare_<protocol>.md` (the table), `.json` (every metric of every row) and `_per_depth.png`
+(per-depth accuracy, one line per row), so the four protocols can share one folder; the prompt-ensemble
+vectors are cached under `--cache_dir`, keyed by a fingerprint of the weights.
 """
 import json
 import math
@@ -49,7 +49,7 @@ def parse_args(argv):
                  "architecture), scored with --hgr_variants")
   p.add_argument("--split", default=next(iter(hgr_config.EVAL_SETS)),
                  help=f"test protocol: {', '.join(hgr_config.EVAL_SETS)}")
-  p.add_argument("--out", required=True, help="output folder: comparison.md, comparison.json, per_depth.png")
+  p.add_argument("--out", required=True, help="output folder: compare_<protocol>.md, .json, _per_depth.png")
   p.add_argument("--variants", default=",".join(variants_lib.VARIANTS), help="variants scored for --clip")
   p.add_argument("--hgr_variants", default="plain", help="variants scored for --hgr_run")
   p.add_argument("--demo", action="store_true", help="the embedded HGR demo data instead of --hierarchy/--index")
@@ -158,19 +158,25 @@ def _json_safe(value):
   return value
 
 
+def outputs(out, protocol):
+  """(table, JSON, plot) paths of one protocol's comparison under `out`."""
+  stem = pathlib.Path(out) / f"compare_{protocol}"
+  return stem.with_suffix(".md"), stem.with_suffix(".json"), stem.with_name(f"{stem.name}_per_depth.png")
+
+
 def write(out, rows, config, args):
-  """comparison.md, comparison.json and per_depth.png under `out`."""
-  out = pathlib.Path(out)
-  out.mkdir(parents=True, exist_ok=True)
+  """The table, the JSON and the plot (`outputs`) under `out`."""
+  pathlib.Path(out).mkdir(parents=True, exist_ok=True)
   name, entry = next(iter(config.evals.items()))
+  md, js, png = outputs(out, name)
   title = f"{name} ({entry.classes}, split {entry.split}): {rows[0]['count']} images, {rows[0]['num_classes']} classes"
   table = markdown(rows, title)
-  (out / "comparison.md").write_text(table)
+  md.write_text(table)
   record = {"protocol": name, "classes": entry.classes, "clip": str(args.clip), "hgr_run": args.hgr_run or None,
             "mta_cuts": args.mta_cuts, "mta_seed": args.mta_seed, "hclip_threshold": args.hclip_threshold,
             "rows": [{k: _json_safe(v) for k, v in r.items()} for r in rows]}
-  (out / "comparison.json").write_text(json.dumps(record, indent=1))
-  plots.per_depth(out / "per_depth.png", {f"{r['weights']} {r['variant']}": r["depth_acc"] for r in rows},
+  js.write_text(json.dumps(record, indent=1))
+  plots.per_depth(png, {f"{r['weights']} {r['variant']}": r["depth_acc"] for r in rows},
                   rows[0]["depth_images"],
                   f"Per-depth accuracy, {name} ({rows[0]['count']} images)")
   return table
@@ -180,7 +186,7 @@ def _run(args):
   config, rows = compare(args)
   if jax.process_index() == 0:
     print(write(args.out, rows, config, args), end="")
-    print(f"wrote {args.out}/comparison.md, comparison.json, per_depth.png")
+    print(f"wrote {', '.join(str(p) for p in outputs(args.out, next(iter(config.evals))))}")
 
 
 def main(argv=None):
