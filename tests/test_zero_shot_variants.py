@@ -13,6 +13,7 @@ import pytest
 
 from zsl_jax import contracts
 from zsl_jax import sharding
+from zsl_jax.errors import UserError
 from zsl_jax.models import clip as clip_lib
 from zsl_jax.projects.hgr import config as hgr_config
 from zsl_jax.projects.hgr import evaluator as hgr_evaluator
@@ -149,3 +150,11 @@ def test_all_variants_in_one_pass_give_one_metric_set(demo):
   tor = np.mean((h.path_array()[labels] == np.argmax(chils, 1)[:, None]).any(1))
   assert results["chils"]["hit@1"] == pytest.approx(hit1, abs=1e-12)
   assert results["chils"]["tor"] == pytest.approx(tor, abs=1e-12)
+
+
+def test_a_misspelled_variant_is_one_clear_error(demo):
+  _, _, evaluator = demo
+  with pytest.raises(UserError, match="'chills'.*plain, ensemble, chils, hierarchy_clip"):
+    evaluator(variant="plain,chills")
+  with pytest.raises(UserError, match="hclip_threshold"):
+    evaluator(variant="hierarchy_clip", hclip_threshold=1.5)

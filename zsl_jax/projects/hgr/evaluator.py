@@ -69,6 +69,8 @@ class Evaluator(base.Evaluator):
     self.options = variants_lib.Options(template, bool(chils_reweight), float(hclip_threshold),
                                         float(hclip_temperature), cache_dir)
     self.variants = variants_lib.build(variant, hierarchy, self.options)
+    if int(mta_cuts) < 0:
+      raise UserError(f"evaluator mta_cuts={mta_cuts} must be >= 0 (0 turns MTA off: it reports nan)")
     candidates = hierarchy.indices(index.class_list(classes))                       # [Nc]
     if not len(candidates):
       raise UserError(f"class split {classes!r} is empty; nothing to evaluate")

@@ -197,4 +197,6 @@ def build(variant, hierarchy, options):
   """{name: variant object} for `parse(variant)`."""
   if "{}" not in options.template:
     raise UserError(f"evaluator template={options.template!r} needs a '{{}}' where the class name goes")
+  if not 0.0 <= options.hclip_threshold <= 1.0:
+    raise UserError(f"evaluator hclip_threshold={options.hclip_threshold} is a probability; set it in [0, 1]")
   return {name: VARIANTS[name](hierarchy, options) for name in parse(variant)}
