@@ -78,6 +78,21 @@ def stacking_curve(seen_scores, seen_labels, unseen_scores, unseen_labels, is_un
   return gammas, s_curve, u_curve, ausuc
 
 
+def best_gamma(gammas, s_curve, u_curve):
+  """The γ of highest H on a stacking curve, moved to the middle of its interval (no score ties there)."""
+  h = np.array([harmonic_mean(s, u) for s, u in zip(s_curve, u_curve)])
+  i = int(np.argmax(h))
+  lo = gammas[i] if np.isfinite(gammas[i]) else gammas[min(i + 1, len(gammas) - 1)] - 1.0
+  hi = gammas[i + 1] if i + 1 < len(gammas) else lo + 2.0
+  return float((lo + hi) / 2.0), float(h[i])
+
+
+def calibrated_metrics(seen_scores, seen_labels, unseen_scores, unseen_labels, is_unseen, gamma):
+  """`gzsl_metrics` after subtracting γ from every seen-class score (calibrated stacking)."""
+  shift = np.where(np.asarray(is_unseen, bool), 0.0, gamma).astype(np.float64)
+  return gzsl_metrics(seen_scores - shift, seen_labels, unseen_scores - shift, unseen_labels, is_unseen)
+
+
 def plot_curve(path, s_curve, u_curve, ausuc, operating_point, title):
   """Seen vs unseen accuracy curve with the γ = 0 operating point, to a PNG file."""
   import matplotlib  # pylint: disable=import-outside-toplevel

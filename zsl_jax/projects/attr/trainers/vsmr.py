@@ -27,10 +27,21 @@ from zsl_jax.projects.attr.trainers import dazle as dazle_trainer
 TEST_MASKS = ("predicted", "oracle")
 
 
+def _unit_rows(x):
+  """Rows scaled to unit norm in float64; a zero row stays zero (cosine 0 to everything)."""
+  x = np.asarray(x, np.float64)
+  n = np.linalg.norm(x, axis=1, keepdims=True)
+  return x / np.where(n > 0, n, 1.0)
+
+
 def _cosine_np(a, b):
-  an = np.linalg.norm(a, axis=1, keepdims=True)
-  bn = np.linalg.norm(b, axis=1, keepdims=True)
-  return (a @ b.T) / np.maximum(an * bn.T, 1e-8)
+  """Pairwise cosine [N, M], each row normalised on its own (as `losses.vsmr.cosine`).
+
+  The scale-invariant L_PS / L_PP let image vectors shrink freely (norms 1e-11..1e-8 after the AWA2
+  demo's 1000 steps); torch's max(|a||b|, 1e-8) then turned every seen-prototype cosine into ~0
+  while E(a) prototypes (norm ~sqrt(F)) kept theirs, so GZSL predicted unseen classes for all images.
+  """
+  return (_unit_rows(a) @ _unit_rows(b).T).astype(np.float32)
 
 
 def refine_prototypes(prototypes, queries, k):
@@ -70,6 +81,14 @@ class Trainer(dazle_trainer.ZSLTrainerBase):
     self._train_att = jnp.asarray(self.att[classes])
     self._train_mask = jnp.asarray(self.att_bin[classes])
     self._train_seen = jnp.asarray(~self.train_universe["unseen"])
+
+  def universe(self, kind):
+    """Test seen prototypes come from every labelled seen image (trainval): with select_on=val the
+    validation classes are seen classes of the test universe, and their images lie outside `train`."""
+    uni = super().universe(kind)
+    if kind == "test":
+      uni["proto_split"] = "trainval"
+    return uni
 
   def init_variables(self, rng):
     f = self.dataset.features
@@ -118,7 +137,10 @@ class Trainer(dazle_trainer.ZSLTrainerBase):
       protos[j] = train["f"][rows].mean(0) if rows.any() else 0.0
     protos[unseen] = np.asarray(self._encode(variables, jnp.asarray(self.att[classes[unseen]])))
     if v.transductive_refine and unseen_q is not None:
-      protos[unseen] = refine_prototypes(protos[unseen], unseen_q["f"], v.top_k)
+      queries = unseen_q["f"]
+      if self.config.loss.normalize_targets:  # E(a) regresses unit-RMS prototypes: average on that scale
+        queries = _unit_rows(queries) * np.sqrt(queries.shape[1])
+      protos[unseen] = refine_prototypes(protos[unseen], queries, v.top_k)
     out = {"info": {"transductive": bool(v.transductive_refine), "test_masks": v.test_masks}}
     masks, truth = [], []
     for name, q in (("seen", seen_q), ("unseen", unseen_q)):
