@@ -198,3 +198,22 @@ def test_near_simi_takes_the_most_similar_nodes_around_the_level():
   assert len(pool) > 3  # More candidates than the budget: ranking decides.
   expected = sorted(pool, key=lambda n: -sim(anchor)[n])[:3]
   assert negs.tolist() == expected
+
+
+def test_near_simi_without_similarities_when_every_pool_fits():
+  """No pretrained tower (the demo's case): every node within one level of the contrast's level, except the
+  anchor's path and children, is a negative; a pool larger than num_negatives is refused, naming the fix."""
+  paths, depth, children, roots = _random_tree(80)
+  largest = max(int((np.abs(depth - d) <= 1).sum()) for d in range(int(depth.max()) + 1))
+  with pytest.raises(UserError, match=f"raise hgr.num_negatives to {largest} "):
+    hgr_negatives.ContrastSampler(paths, depth, children, roots, strategy="near_simi", num_negatives=largest - 1)
+  sampler = hgr_negatives.ContrastSampler(paths, depth, children, roots, out_ratio=1.0, in_ratio=1.0, k=1,
+                                          num_negatives=largest, strategy="near_simi")
+  c = sampler.sample(int(np.argmax(depth)), np.random.default_rng(0))
+  for row, k, m, ok in zip(c.node_ids, c.k_index, c.m_index, c.group_mask):
+    if not ok:
+      continue
+    anchor, negs = row[0], row[1:][row[1:] >= 0]
+    d = c.inner_depths[k, m]
+    pool = {int(n) for n in np.flatnonzero(np.abs(depth - d) <= 1)} - set(sampler.path(anchor).tolist())
+    assert set(negs.tolist()) == pool - set(np.asarray(children[anchor]).tolist())

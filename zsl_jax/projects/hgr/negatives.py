@@ -67,8 +67,6 @@ class ContrastSampler:
       raise UserError(f"hgr.sampler={strategy!r}; use one of {', '.join(SAMPLERS)}")
     if method not in METHODS:
       raise UserError(f"hgr.method={method!r}; use one of {', '.join(METHODS)}")
-    if strategy == "near_simi" and similarity_fn is None:
-      raise UserError("the near_simi sampler needs prompt similarities; use hgr.sampler='topk' or give them")
     self.paths = np.asarray(paths, np.int32)
     self.depth = np.asarray(depth, np.int32)
     self.children = children
@@ -86,6 +84,14 @@ class ContrastSampler:
     else:
       self.k_max, self.m_max = 1, max_len
     self.g_max = self.k_max * self.m_max
+    if strategy == "near_simi" and similarity_fn is None and self.largest_pool() > num_negatives:
+      raise UserError(f"hgr.sampler='near_simi' ranks up to {self.largest_pool()} nodes by a pretrained text "
+                      f"tower's prompt similarities to keep num_negatives={num_negatives}: set "
+                      "--config.init.checkpoint=<CLIP weights or a zsl_jax run>, raise hgr.num_negatives to "
+                      f"{self.largest_pool()} (no ranking), or use hgr.sampler='topk'")
+
+  def largest_pool(self):
+    return largest_pool(self.depth, self.k)
 
   def path(self, node):
     row = self.paths[node]
@@ -196,6 +202,13 @@ class ContrastSampler:
       most_prompts = max(most_prompts, min(int(fixed.sum()) + drawn_n, int(reach.sum())))
       most_tokens = max(most_tokens, min(int(lengths[fixed].sum()) + drawn_t, int(lengths[reach].sum())))
     return most_prompts, most_tokens
+
+
+def largest_pool(depth, k):
+  """An upper bound on a near_simi pool: the most nodes at depths [d - k, d + k] for any d. Up to
+  `num_negatives`, every node of a pool is a negative and no similarity ranking is needed."""
+  sizes = np.bincount(np.asarray(depth)[np.asarray(depth) >= 0])
+  return max(int(sizes[max(0, d - k):d + k + 1].sum()) for d in range(len(sizes)))
 
 
 def dedupe_prompts(node_ids, multiple=64):

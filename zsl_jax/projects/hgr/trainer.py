@@ -183,7 +183,7 @@ class Trainer(base.Trainer):
         self.paths, self.hierarchy.depth, self.hierarchy.children, self.hierarchy.nodes_at_depth[0],
         out_ratio=h.out_ratio, in_ratio=h.in_ratio, strategy=h.sampler, k=h.k,
         num_negatives=h.num_negatives, method=h.method, candidates=candidates,
-        similarity_fn=self._similarity_fn() if h.sampler == "near_simi" else None)
+        similarity_fn=self._similarity_fn() if self._ranks_negatives(h) else None)
     logger.info("HGR-Net: %d classes, max depth %d, level weights %s (by %s, weighting %s), sampler %s "
                 "(k=%d, %d negatives), K=%.2f, M=%.2f, %d contrasts max per step",
                 len(self.hierarchy), self.hierarchy.max_depth, h.level_weights, h.index_by, h.weighting,
@@ -287,18 +287,22 @@ class Trainer(base.Trainer):
                              step_map=AddContrasts(self.sampler, classes, self.tokens, self.config.seed, self.layout),
                              num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
 
+  def _ranks_negatives(self, h):
+    """near_simi needs similarities when a pool can exceed num_negatives (the sampler refuses a pool
+    that does without them), and only then reads `init.checkpoint`'s text tower."""
+    return (h.sampler == "near_simi" and bool(self.config.init.checkpoint)
+            and negatives.largest_pool(self.hierarchy.depth, h.k) > h.num_negatives)
+
   def _similarity_fn(self):
     """near_simi ranks negatives by prompt similarity under the *initial* text tower.
 
     The reference recomputes similarities with the current model at every step; here they come
     once from `config.init.checkpoint` (converted CLIP, torch file, or a zsl_jax run), which keeps
     sampling on the host and deterministic across resumes. A randomly initialised text tower has
-    no meaningful similarities, so from-scratch runs must use another sampler.
+    no meaningful similarities, so a from-scratch run (no checkpoint) needs pools that fit num_negatives
+    (`ContrastSampler.largest_pool`: every node of a pool is then a negative) or another sampler.
     """
     path = self.config.init.checkpoint
-    if not path:
-      raise UserError("hgr.sampler='near_simi' ranks negatives by a pretrained text tower: set "
-                      "--config.init.checkpoint=<CLIP weights or a zsl_jax run>, or use hgr.sampler='topk'")
     if ckpt_lib.is_zsl_checkpoint(path):
       one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       abstract = jax.eval_shape(self.init_variables, jax.random.PRNGKey(0))
@@ -312,7 +316,7 @@ class Trainer(base.Trainer):
     module = clip_lib.CLIP(self.clip_config)
     encode = jax.jit(lambda p, t: module.apply({"params": p}, t, method=clip_lib.CLIP.encode_text))
     emb = np.asarray(clip_lib.encode_prompts_in_chunks(lambda t: encode(text_params, t), self.tokens, 256))
-    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)                            # [N, E]
+    emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)  # [N, E]; not in place: a device array's view is read-only
     logger.info("near_simi: prompt similarities from %s", path)
     return lambda node: emb @ emb[node]
 
