@@ -49,6 +49,8 @@ def bench_config(args, sizes):
   config.hgr.out_ratio, config.hgr.in_ratio = 0.25, 0.5
   config.hgr.sampler = args.sampler
   config.hgr.num_negatives = ALL_NEGATIVES             # More than the demo hierarchy has nodes: all negatives.
+  recipe = load_hgr_config(None).hgr
+  config.hgr.level_weights, config.hgr.prompt_chunk_rows = recipe.level_weights, recipe.prompt_chunk_rows
   config.data.num_threads, config.data.prefetch = 1, 1
   config.mesh.data = 1
   if args.conv_impl:
