@@ -133,6 +133,19 @@ def _parse_flags(argv):
   return parsed
 
 
+def _connect_collectives(jax):
+  """One collective over every device right after start-up, while the processes are in step.
+
+  On CPU, gloo connects the processes at their first collective and gives up when they arrive more
+  than 30 s apart (not configurable; measured on jax 0.10: "Gloo context initialization failed:
+  GetKeyValue() timed out"). Left to the first evaluation or train step, a process that compiles
+  slower on a loaded machine hits that. Once connected, a later collective waited 45 s without error.
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices("zsl_jax: collectives connected")
+
+
 def _setup_platform(config):
   import jax  # pylint: disable=import-outside-toplevel
   dist = config.distributed
@@ -146,6 +159,7 @@ def _setup_platform(config):
       kwargs["process_id"] = dist.process_id
     jax.distributed.initialize(initialization_timeout=dist.initialization_timeout,
                                heartbeat_timeout_seconds=dist.heartbeat_timeout_seconds, **kwargs)
+    _connect_collectives(jax)
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
