@@ -81,7 +81,7 @@ def test_demo_learns_on_unseen_classes(demo_run):
   train = metrics.read_metrics(workdir, split="train")
   assert train[-1]["loss"] < 0.5 * train[0]["loss"]
   levels = json.loads((workdir / "plots" / f"levels_{SPLIT}.json").read_text())
-  assert len(levels["accuracy"]) == 3 and levels["images"] == [NUM_UNSEEN * 16, 18 * 16, 9 * 16]  # images with a level d
+  assert len(levels["accuracy"]) == 3 and levels["images"] == [NUM_UNSEEN * 16, 18 * 16, 9 * 16]  # reaching depth d
   assert (workdir / "plots" / f"levels_{SPLIT}.png").stat().st_size > 1000
   assert (workdir / "checkpoints" / str(STEPS)).is_dir()
 
