@@ -84,14 +84,12 @@ class ContrastSampler:
     else:
       self.k_max, self.m_max = 1, max_len
     self.g_max = self.k_max * self.m_max
-    if strategy == "near_simi" and similarity_fn is None and self.largest_pool() > num_negatives:
-      raise UserError(f"hgr.sampler='near_simi' ranks up to {self.largest_pool()} nodes by a pretrained text "
-                      f"tower's prompt similarities to keep num_negatives={num_negatives}: set "
-                      "--config.init.checkpoint=<CLIP weights or a zsl_jax run>, raise hgr.num_negatives to "
-                      f"{self.largest_pool()} (no ranking), or use hgr.sampler='topk'")
-
-  def largest_pool(self):
-    return largest_pool(self.depth, self.k)
+    pool = largest_pool(self.depth, k) if strategy == "near_simi" and similarity_fn is None else 0
+    if pool > num_negatives:
+      raise UserError(f"hgr.sampler='near_simi' ranks up to {pool} nodes by a pretrained text tower's prompt "
+                      f"similarities to keep num_negatives={num_negatives}: set --config.init.checkpoint=<CLIP "
+                      f"weights or a zsl_jax run>, raise hgr.num_negatives to {pool} (no ranking), or use "
+                      "hgr.sampler='topk'")
 
   def path(self, node):
     row = self.paths[node]

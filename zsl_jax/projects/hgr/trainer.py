@@ -300,7 +300,7 @@ class Trainer(base.Trainer):
     once from `config.init.checkpoint` (converted CLIP, torch file, or a zsl_jax run), which keeps
     sampling on the host and deterministic across resumes. A randomly initialised text tower has
     no meaningful similarities, so a from-scratch run (no checkpoint) needs pools that fit num_negatives
-    (`ContrastSampler.largest_pool`: every node of a pool is then a negative) or another sampler.
+    (`negatives.largest_pool`: every node of a pool is then a negative) or another sampler.
     """
     path = self.config.init.checkpoint
     if ckpt_lib.is_zsl_checkpoint(path):
