@@ -17,6 +17,7 @@ import json
 import logging
 import pathlib
 import sys
+import warnings
 
 from etils import epath
 import grain
@@ -141,6 +142,9 @@ class Checkpointer:
     except (OSError, ValueError) as e:
       if isinstance(e, UserError) or not errors.is_no_space(e):
         raise
+      # Orbax abandons the failed save's sibling write coroutines; Python would report each as "never
+      # awaited" at exit, after the one line below. Nothing is lost by them: the save already failed.
+      warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
       steps = self.complete_steps()
       intact = (f"the last complete checkpoint, step {steps[-1]}, is intact" if steps
                 else "no complete checkpoint was written yet")
