@@ -9,8 +9,8 @@
    and on an 8-device data-parallel mesh, with the layout's static shape (one compilation covers
    every step, up to the sampler's worst case), and reads XLA's memory analysis per device.
 3. FLOPs: XLA's cost analysis counts a loop body once, so the text tower is costed as (chunks in
-   use) x (one chunk's forward + backward per device, compiled alone with the step's remat policy),
-   and the rest of the step as the step's figure less one chunk. H100 time = FLOPs / (MFU x 989
+   use) x (one chunk's forward, then its forward again and backward, per device: `packing.chunk_loop`,
+   compiled alone), and the rest of the step as the step's figure less one chunk. H100 time = FLOPs / (MFU x 989
    TFLOP/s bf16 dense); the official recipe is image tower + 77-token text tower per prompt of
    every contrast.
 """
@@ -163,12 +163,22 @@ def compile_stats(lowered):
               temp=mem.temp_size_in_bytes, out=mem.output_size_in_bytes, alias=mem.alias_size_in_bytes)
 
 
-def grad_flops(eng, fn, *inputs):
-  """FLOPs of the gradient of sum(fn(clip params, *inputs)) w.r.t. the CLIP params (one device)."""
+def grad_flops(eng, fn, *inputs, input_grads=False):
+  """FLOPs of the gradient of sum(fn(clip params, *inputs)) w.r.t. the CLIP params (and, with
+  `input_grads`, the floating inputs), on one device."""
   clip_params = eng.abstract_state["params"]["clip"]
   model_state = eng.abstract_state["model_state"]
-  g = jax.grad(lambda p, s, *x: fn({"params": p, **s}, *x).astype(jnp.float32).sum())
+  floating = [2 + i for i, x in enumerate(inputs) if jnp.issubdtype(x.dtype, jnp.floating)]
+  wrt = (0, *floating) if input_grads else 0
+  g = jax.grad(lambda p, s, *x: fn({"params": p, **s}, *x).astype(jnp.float32).sum(), argnums=wrt)
   return compile_stats(jax.jit(g).lower(clip_params, model_state, *inputs))["flops"]
+
+
+def forward_flops(eng, fn, *inputs):
+  """FLOPs of fn(clip params, *inputs) on one device."""
+  f = lambda p, s, *x: fn({"params": p, **s}, *x)
+  return compile_stats(jax.jit(f).lower(eng.abstract_state["params"]["clip"], eng.abstract_state["model_state"],
+                                        *inputs))["flops"]
 
 
 def make_engine(config, workdir, devices, levels, layout):
@@ -185,10 +195,13 @@ def analyse(eng, local, example, batch_size):
   d = sharding.batch_devices(eng.mesh)
   layout = eng.trainer.layout
   step = compile_stats(eng.make_train_step().lower(eng.abstract_state, abstract_batch(eng, local, example)))
-  rows = layout.chunk_rows // d
-  chunk = grad_flops(eng, eng.trainer._packed_features,  # pylint: disable=protected-access
-                     jax.ShapeDtypeStruct((rows, layout.row_tokens), jnp.int32),
-                     jax.ShapeDtypeStruct((rows, layout.row_slots), jnp.int32))
+  rows, width = layout.chunk_rows // d, eng.trainer.clip_config.transformer_width
+  chunk_inputs = (jax.ShapeDtypeStruct((rows, layout.row_tokens, width), eng.trainer.dtype),
+                  jax.ShapeDtypeStruct((rows, layout.row_tokens), jnp.int32),
+                  jax.ShapeDtypeStruct((rows, layout.row_slots), jnp.int32))
+  features = eng.trainer._packed_features  # pylint: disable=protected-access
+  # The step runs a chunk forward, then in the backward pass forward again and backward (packing.chunk_loop).
+  chunk = grad_flops(eng, features, *chunk_inputs, input_grads=True) + forward_flops(eng, features, *chunk_inputs)
   res = eng.trainer.clip_config.image_resolution
   image = grad_flops(eng, lambda v, x: eng.trainer.module.apply(v, x, method=clip_lib.CLIP.encode_image),
                      jax.ShapeDtypeStruct((batch_size // d, res, res, 3), jnp.float32))

@@ -206,8 +206,17 @@ class CLIP(nn.Module):
     is meaningless). Attention stays inside each prompt (same segment, causal) and positions restart
     at its SOT, so a prompt's feature is the one `encode_text` gives it alone.
     """
-    segment, position = packing.segments_and_positions(tokens)                # [R, T] each
-    x = self.token_embedding(tokens) + self.positional_embedding[position].astype(self.dtype)  # [R, T, W]
+    return self.encode_embedded_packed(self.embed_packed(tokens), tokens, pool)
+
+  def embed_packed(self, tokens):
+    """Token + positional embeddings [R, T, W] of packed rows [R, T] (positions restart at each SOT)."""
+    _, position = packing.segments_and_positions(tokens)
+    return self.token_embedding(tokens) + self.positional_embedding[position].astype(self.dtype)
+
+  def encode_embedded_packed(self, x, tokens, pool):
+    """`encode_text_packed` after `embed_packed`: x [R, T, W] -> features [R, S, E]. Apart so that a
+    chunked caller embeds every row at once: the embedding table's gradient is then one scatter."""
+    segment, _ = packing.segments_and_positions(tokens)                      # [R, T]
     mask = (segment[:, :, None] == segment[:, None, :]) & tt.causal_mask(tokens.shape[1])  # [R, T, T]
     x = self.transformer(x, mask[:, None])
     x = tt.ln_apply(self.ln_final, x)

@@ -48,8 +48,9 @@ def hgr_config(arg=None, **arg_defaults):
       name=a.variant,              # CLIP preset, or "custom" with the sizes below
       bn_train=False,              # BatchNorm statistics frozen (torch eval() mode), affine trained
       # What the towers' blocks keep for the backward pass: none | blocks | dots_saveable (recompute the
-      # rest); the defaults fit the sampler's largest step in 80 GB per device (benchmarks/hgr_aot.py).
-      remat_text="dots_saveable", remat_image="none",
+      # rest). The text tower already runs chunk by chunk (one chunk's activations at a time); with
+      # these defaults the sampler's largest step fits 80 GB per device (benchmarks/hgr_aot.py).
+      remat_text="none", remat_image="none",
       conv_impl="auto",            # ResNet convolutions: auto (im2col matmuls on CPU, XLA's elsewhere) | xla | matmul
       custom=dict(embed_dim=64, image_resolution=64, vision_layers=(1, 1, 1, 1), vision_width=16,
                   transformer_width=64, transformer_heads=2, transformer_layers=2),

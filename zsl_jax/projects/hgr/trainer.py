@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 MODEL_NAMES = ("custom",) + tuple(clip_lib.PRESETS)  # model.name: a CLIP preset, or custom sizes
 CONTRAST_KEYS = ("columns", "k_index", "m_index", "group_mask", "outer_depths", "inner_depths")
 PROMPT_KEYS = ("prompt_tokens", "prompt_pool", "prompt_chunks", "num_prompts")  # packed prompts (`AddContrasts`)
+# CLIP parameters `encode_embedded_packed` reads (setup() declares the last three whatever the method).
+TEXT_PARAMS = ("transformer", "ln_final", "text_projection", "positional_embedding", "logit_scale")
 
 
 def preset_name(name):
@@ -230,17 +232,23 @@ class Trainer(base.Trainer):
     txt = self.module.apply(self.clip_variables(variables), tokens, method=clip_lib.CLIP.encode_text)
     return img, txt / jnp.linalg.norm(txt, axis=-1, keepdims=True), updates
 
-  def _packed_features(self, clip_vars, tokens, pool):
-    """Normalised features [r, S, E] of packed rows; an empty slot gets a finite stand-in (never scored),
-    so that no 0 / 0 reaches the gradient."""
-    feats = self.module.apply(clip_vars, tokens, pool, method=clip_lib.CLIP.encode_text_packed)
+  def _packed_features(self, clip_vars, embedded, tokens, pool):
+    """Normalised features [r, S, E] of embedded packed rows; an empty slot gets a finite stand-in (never
+    scored), so that no 0 / 0 reaches the gradient."""
+    feats = self.module.apply(clip_vars, embedded, tokens, pool, method=clip_lib.CLIP.encode_embedded_packed)
     feats = jnp.where((pool >= 0)[..., None], feats, 1.0)
     return feats / jnp.linalg.norm(feats, axis=-1, keepdims=True)
 
   def encode_step_prompts(self, variables, batch):
-    """Normalised features [slots, E] of the step's packed prompts: the chunks in use, each device its rows."""
-    return packing.encode_chunks(self._packed_features, self.clip_variables(variables), batch["prompt_tokens"],
-                                 batch["prompt_pool"], batch["prompt_chunks"], self.layout, self.mesh)
+    """Normalised features [slots, E] of the step's packed prompts: every row embedded at once (one
+    scatter for the embedding table's gradient), then the chunks in use, each device its rows."""
+    clip_vars = self.clip_variables(variables)
+    tokens, pool = batch["prompt_tokens"], batch["prompt_pool"]
+    embedded = self.module.apply(clip_vars, tokens, method=clip_lib.CLIP.embed_packed)  # [rows, T, W]
+    params = clip_vars["params"]
+    text = {"params": {k: params[k] for k in TEXT_PARAMS}}  # Only these get a gradient summed chunk by chunk.
+    return packing.encode_chunks(self._packed_features, text, embedded, (tokens, pool), batch["prompt_chunks"],
+                                 self.layout, self.mesh)
 
   @functools.cached_property
   def layout(self):
