@@ -53,6 +53,29 @@ def test_packed_rows_give_each_prompt_its_own_feature():
   np.testing.assert_allclose(got, alone, rtol=0, atol=1e-6 * float(np.abs(alone).max()))
 
 
+def test_chunk_loop_runs_only_the_chunks_in_use_and_gives_their_gradients():
+  """NaN inputs in the unused chunks never reach the output or a gradient (they are not run, forward or
+  backward), and the custom backward (each chunk's forward again) equals autodiff of the plain loop."""
+  rng = np.random.default_rng(0)
+  n, r, d, e, chunks = 4, 3, 5, 6, 2
+  variables = {"w": jnp.asarray(rng.normal(size=(d, e)), jnp.float32)}
+  x = rng.normal(size=(n, r, d)).astype(np.float32)
+  x[chunks:] = np.nan                                                          # [n, r, d]
+  aux = jnp.asarray(rng.integers(0, 3, (n, r)), jnp.int32)                     # [n, r]
+  cotangent = jnp.asarray(rng.normal(size=(n, r, e)), jnp.float32)
+  encode = lambda v, xi, ai: jnp.tanh(xi @ v["w"]) * (ai[:, None] + 1.0)      # [r, e]
+  loop = packing.chunk_loop(encode)
+  out, (g_vars, g_x) = jax.value_and_grad(lambda v, xs: (loop(v, xs, (aux,), chunks) * cotangent).sum(),
+                                          argnums=(0, 1))(variables, jnp.asarray(x))
+  plain = lambda v, xs: sum((encode(v, xs[i], aux[i]) * cotangent[i]).sum() for i in range(chunks))
+  want, (w_vars, w_x) = jax.value_and_grad(plain, argnums=(0, 1))(variables, jnp.asarray(x[:chunks]))
+  np.testing.assert_allclose(out, want, rtol=1e-6)
+  np.testing.assert_allclose(g_vars["w"], w_vars["w"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(g_x[:chunks], w_x, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(g_x[chunks:], 0.0)
+  np.testing.assert_array_equal(loop(variables, jnp.asarray(x), (aux,), chunks)[chunks:], 0.0)
+
+
 @pytest.mark.parametrize("strategy", negatives.SAMPLERS)
 @pytest.mark.parametrize("method", negatives.METHODS)
 def test_step_bound_covers_every_sampled_step(strategy, method):

@@ -178,7 +178,7 @@ def chunk_loop(encode_chunk, axes=()):
 
     like = lambda a: zeros(a.shape, a.dtype)
     g_vars, g_x = jax.lax.fori_loop(0, chunks, body, (jax.tree.map(like, variables), like(x)))
-    no_grad = lambda a: np.zeros(a.shape, jax.dtypes.float0)
+    no_grad = lambda a: np.zeros(np.shape(a), jax.dtypes.float0)
     return g_vars, g_x, jax.tree.map(no_grad, aux), no_grad(chunks)
 
   loop = jax.custom_vjp(forward)
