@@ -36,7 +36,6 @@ EXTRAS = {
     ],
     "test": [
         "pytest>=8",
-        "pytest-xdist>=3.5",   # pytest.ini runs the suite on 2 workers (-n 2 --dist loadfile)
         "scikit-learn>=1.4",
         "networkx>=2.5",       # tests/test_tie_break.py: hierarchy tie_break=networkx against networkx itself
         "ruff>=0.17.6,<0.18",  # ruff.toml relies on this minor's preview rules (E117)
