@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -172,20 +173,39 @@ def test_config_argument_values_are_checked(arg, match):
   assert configs_lowshot.get_config("demo=no,shots=2,eval=2hop").data.demo is False
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders: chmod cannot make one")
-def test_read_only_workdir_and_output_folder(tmp_path):
+@pytest.fixture
+def read_only_dir(tmp_path):
+  """A folder no one can write into: chmod 555 for a normal user; for root (whom chmod does not stop), a
+  read-only tmpfs mounted there, the read-only filesystem a user meets on a shared or archived volume."""
   locked = tmp_path / "locked"
   locked.mkdir()
-  locked.chmod(0o555)
-  try:
-    for name, args in (("main", [f"--config={DAZLE}", f"--workdir={locked / 'run'}"]),
-                       ("main", [f"--config={DAZLE}", f"--workdir={locked}"]),
-                       ("convert_clip", ["x.pt", str(locked / "clip")])):
-      proc = cli.run(_command(name, args, tmp_path), env=cli.env(JAX_PLATFORMS="cpu"))
-      lines = proc.stderr.strip().splitlines()
-      assert proc.returncode == 2 and len(lines) == 1 and "not writable" in lines[0] and str(locked) in lines[0]
-  finally:
+  if os.geteuid() != 0:
+    locked.chmod(0o555)
+    yield locked
     locked.chmod(0o755)
+    return
+  mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(locked)],
+                         capture_output=True, text=True, check=False)
+  if mount.returncode != 0:
+    pytest.skip(f"root writes through chmod 555, and a read-only tmpfs cannot be mounted here: {mount.stderr.strip()}")
+  try:
+    yield locked
+  finally:
+    subprocess.run(["umount", str(locked)], check=True)
+
+
+def test_read_only_workdir_and_output_folder(read_only_dir, tmp_path):
+  locked = read_only_dir
+  for name, args in (("main", [f"--config={DAZLE}", f"--workdir={locked / 'run'}"]),
+                     ("main", [f"--config={DAZLE}", f"--workdir={locked}"]),
+                     ("convert_clip", ["x.pt", str(locked / "clip")]),
+                     ("zsl_demo", ["--out", str(locked / "demo")]),
+                     ("array_record", ["--index", str(tmp_path), "--out", str(locked / "records")]),
+                     ("compare_zero_shot", ["--demo", "--clip", str(tmp_path), "--out", str(locked / "compare")])):
+    proc = cli.run(_command(name, args, tmp_path), env=cli.env(JAX_PLATFORMS="cpu"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "not writable" in lines[0] and str(locked) in lines[0], \
+        proc.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------------ dropped inputs are counted

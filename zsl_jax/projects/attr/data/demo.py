@@ -20,6 +20,7 @@ from PIL import Image
 import scipy.io
 
 from zsl_jax import cli
+from zsl_jax import paths as paths_lib
 from zsl_jax.data.images import encode_jpeg
 from zsl_jax.errors import UserError
 from zsl_jax.projects.attr.data import word_vectors
@@ -229,6 +230,7 @@ def make_demo_images(out_dir, dataset="AWA2", *, num_classes=4, num_unseen=1, im
 
 
 def _run(args):
+  paths_lib.check_writable_dir(args.out, "--out")
   if args.images:
     out = make_demo_images(args.out, args.dataset, seed=args.seed)
     out = {k: out[k] for k in ("images", "att_splits", "res101")}

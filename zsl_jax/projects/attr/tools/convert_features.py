@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from zsl_jax import cli
+from zsl_jax import paths
 from zsl_jax.errors import UserError
 from zsl_jax.projects.attr.data import feature_store
 from zsl_jax.projects.attr.data import hdf5_rows
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 def convert(hdf5, out=None, *, key="feature_map", threads=None, progress=print):
   """Writes the `.npy` (via a `.partial` file renamed at the end) and its sidecar; returns the `.npy` path."""
   region_features.load_dazle_hdf5_meta(hdf5)  # A complete DAZLE feature file, or a UserError naming the problem.
-  out = os.fspath(out or os.path.splitext(hdf5)[0] + ".npy")
+  out = paths.check_writable_file(out or os.path.splitext(hdf5)[0] + ".npy", "--out")
   for path in (out, feature_store.sidecar_path(out)):
     if os.path.exists(path):
       raise UserError(f"{path} already exists; delete it to convert again, or pass another --out")

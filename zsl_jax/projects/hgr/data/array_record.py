@@ -29,6 +29,7 @@ import numpy as np
 import tqdm
 
 from zsl_jax import cli
+from zsl_jax import paths
 from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr.data import imagenet21k
 
@@ -257,6 +258,7 @@ def main(argv=None):
   ap.add_argument("--threads", type=int, default=16, help="files read concurrently (default 16)")
   args = ap.parse_args(argv)
   try:
+    paths.check_writable_dir(args.out, "--out")
     index = imagenet21k.ImageIndex(args.index)
     n = pack(index, [parse_selection(s) for s in args.select], args.out, threads=args.threads)
   except UserError as e:

@@ -25,6 +25,7 @@ from zsl_jax import checkpoint as ckpt_lib
 from zsl_jax import cli
 from zsl_jax import contracts
 from zsl_jax import engine as engine_lib
+from zsl_jax import paths
 from zsl_jax.errors import UserError
 from zsl_jax.evaluators import base
 from zsl_jax.models import clip as clip_lib
@@ -183,6 +184,7 @@ def write(out, rows, config, args):
 
 
 def _run(args):
+  paths.check_writable_dir(args.out, "--out")  # before minutes of encoding, not after
   config, rows = compare(args)
   if jax.process_index() == 0:
     print(write(args.out, rows, config, args), end="")
