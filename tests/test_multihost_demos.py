@@ -1,7 +1,7 @@
 """Multi-host demos: 2 local processes x 4 CPU devices equal 1 process x 8 devices.
 
-HGR-Net and DAZLE demos, each with its own optimizer (AdamW / RMSprop): the 2-process runs train to a
-checkpoint, stop, and resume to the end with the same command; the 1-process runs go straight through. Parameters must agree to 1e-6, losses to 1e-6
+HGR-Net and DAZLE demos, each with its own optimizer (AdamW / RMSprop), train to a checkpoint,
+stop, and resume to the end with the same command. Parameters must agree to 1e-6, losses to 1e-6
 relative, and the evaluation metrics must be identical. Killing one process of a running pair must
 make the other exit non-zero within 2 minutes.
 
@@ -32,7 +32,7 @@ COMMON = ("--config.checkpoint.every_steps=2", "--config.log.every_steps=1", "--
 DEMOS = {
     # name: (config, config.data field of the generated data, overrides, eval split, metric keys,
     #        images per evaluation)
-    "hgr": ("configs/hgr_rn50.py:demo", "demo_root", ("--config.evals.in21k_d.every_steps=2",), "in21k_d",
+    "hgr": ("configs/hgr_rn50.py:demo", "demo_root", (), "in21k_d",
             ("hit@1", "hit@5", "hit@20", "tor", "por", "hca", "mta", "mistake_depth", "depth_acc", "count"), 21 * 16),
     "dazle": ("configs/dazle_awa2.py:demo", "demo_dir", ("--config.evals.gzsl.every_steps=2",), "gzsl",
               ("zsl_acc", "gzsl_seen", "gzsl_unseen", "gzsl_h", "ausuc", "val_zsl_acc", "val_gzsl_h",
@@ -63,12 +63,10 @@ def runs(request, tmp_path_factory, demo_data):
   config, data_key, overrides, *_ = DEMOS[name]
   data = demo_data[name]
   single, multi = tmp_path_factory.mktemp(f"{name}_1x8"), tmp_path_factory.mktemp(f"{name}_2x4")
-  data_arg = f"--config.data.{data_key}={data}"
-  for steps in (STEPS // 2, STEPS):  # 2 x 4 trains to the first checkpoint, stops, then resumes to the end;
-    _launch(2, 4, config, multi, data_arg, *overrides, f"--config.total_steps={steps}")
-  # 1 x 8 runs straight through: a resume is exact (tests/test_engine_resume.py), so the pair differs only in
-  # the layout, and a launch that compiles the whole step is saved.
-  _launch(1, 8, config, single, data_arg, *overrides, f"--config.total_steps={STEPS}")
+  for steps in (STEPS // 2, STEPS):  # Train to the first checkpoint, stop, then resume to the end.
+    for (processes, devices), workdir in (((1, 8), single), ((2, 4), multi)):
+      _launch(processes, devices, config, workdir, f"--config.data.{data_key}={data}", *overrides,
+              f"--config.total_steps={steps}")
   return name, single, multi, data
 
 
