@@ -2,7 +2,7 @@
 
 A changed config is refused with nothing changed; a second run on a busy workdir is refused at once
 naming the holder; a killed run's lock is taken over and an allowed change (total_steps) continues
-the run; a checkpoint of another shape or method is refused before anything is restored.
+the run; a checkpoint of another shape or method (toy, DAZLE, HGR-Net, VSMR) is refused before anything is restored.
 """
 import hashlib
 import json
@@ -105,3 +105,18 @@ def test_checkpoint_of_another_shape_or_method_is_refused_before_restoring(train
   line = error_line(proc, 2)
   assert "does not fit this model: it lacks ['params']['V']" in line and "trainer 'tests.toy_trainer'" in line, line
   assert not (tmp_path / "dazle" / "metrics.jsonl").exists()
+
+
+def test_dazle_run_given_to_hgr_net_or_to_vsmr_with_other_attributes_is_refused(tmp_path):
+  dazle, data = tmp_path / "dazle", tmp_path / "data"
+  cli.run_main("configs/dazle_awa2.py:demo", dazle, f"--config.data.demo_dir={data}", "--config.total_steps=2")
+  proc = cli.run_main("configs/hgr_rn50.py:demo", tmp_path / "hgr", "--config.mode=eval",
+                      f"--config.init.checkpoint={dazle}", check=False)
+  line = error_line(proc, 2)
+  assert "lacks ['params']['clip']" in line and "written by trainer 'dazle'" in line, line
+  proc = cli.run_main("configs/vsmr_awa2.py:demo", tmp_path / "vsmr", "--config.mode=eval",  # 12 attributes, not 24
+                      f"--config.data.demo_dir={tmp_path / 'vsmr_data'}", f"--config.init.checkpoint={dazle}",
+                      check=False)
+  line = error_line(proc, 2)
+  assert "does not fit this model" in line and "written by trainer 'dazle'" in line, line
+  assert not (tmp_path / "hgr" / "metrics.jsonl").exists() and not (tmp_path / "vsmr" / "metrics.jsonl").exists()
