@@ -3,6 +3,7 @@
 One section per script. They run as subprocesses: each script sets its own XLA / OpenMP thread
 limits before importing jax or torch, which an in-process call could not do.
 """
+from concurrent import futures
 import os
 import pathlib
 import re
@@ -15,9 +16,12 @@ from tests import cli
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_script(*args):
+def run_script(*args, core=None):
+  """The script's stdout; `core`: the CPU it runs on (the scripts pin themselves to the first CPU they may use)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # The script sets its own.
-  return cli.run([sys.executable, *args], cwd=REPO, env=env, check=True).stdout
+  pin = [] if core is None else ["-c", f"import os, sys; os.sched_setaffinity(0, {{{core}}}); "
+                                       "os.execv(sys.executable, [sys.executable] + sys.argv[1:])"]
+  return cli.run([sys.executable, *pin, *args], cwd=REPO, env=env, check=True).stdout
 
 
 def numbers(line):
@@ -25,9 +29,21 @@ def numbers(line):
 
 
 # ------------------------------------------------------------------ benchmarks/hgr_step.py
+@pytest.fixture(scope="module")
+def hgr_step_outputs():
+  """Both dry runs of hgr_step.py at once, on two CPUs where there are two: each script limits itself to one
+  thread, so in turn they would leave a core idle for about 3 minutes."""
+  cpus = sorted(os.sched_getaffinity(0))
+  runs = {"side_by_side": ("--dry-run", "--breakdown"), "aot": ("--aot", "--dry-run")}
+  with futures.ThreadPoolExecutor(len(runs)) as pool:
+    jobs = {name: pool.submit(run_script, "benchmarks/hgr_step.py", *args, core=cpus[i % len(cpus)])
+            for i, (name, args) in enumerate(runs.items())}
+    return {name: job.result() for name, job in jobs.items()}
+
+
 @pytest.mark.slow
-def test_hgr_step_dry_run_prints_side_by_side_table():
-  out = run_script("benchmarks/hgr_step.py", "--dry-run", "--breakdown")
+def test_hgr_step_dry_run_prints_side_by_side_table(hgr_step_outputs):
+  out = hgr_step_outputs["side_by_side"]
   rows = {name: next((line for line in out.splitlines() if line.startswith(name)), None)
           for name in ("zsl_jax engine step", "official recipe (torch")}
   assert all(rows.values()), out
@@ -46,8 +62,8 @@ def test_hgr_step_dry_run_prints_side_by_side_table():
 
 
 @pytest.mark.slow
-def test_hgr_step_aot_dry_run_prints_layout_and_memory_tables():
-  out = run_script("benchmarks/hgr_step.py", "--aot", "--dry-run")
+def test_hgr_step_aot_dry_run_prints_layout_and_memory_tables(hgr_step_outputs):
+  out = hgr_step_outputs["aot"]
   assert "Sampler replay: the trainer's AddContrasts" in out and "Projection: H100 time" in out, out
   lines = out.splitlines()
   head = next(i for i, line in enumerate(lines) if line.strip().startswith("devices") and "shapes" in line)
