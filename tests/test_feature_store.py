@@ -200,7 +200,7 @@ def test_iterator_resumes_exactly_with_the_window_sampler(files):
     np.testing.assert_array_equal(next(resumed)["index"], w)
 
 
-def test_conversion_round_trip_is_exact(tmp_path, files, caplog):
+def test_conversion_round_trip_is_exact(tmp_path, files, caplog, capsys):
   path = tmp_path / "feature_map_ResNet_101_AWA2.hdf5"
   _write(path, files["feats"], chunks=OFFICIAL, compression="gzip")
   assert convert_features.main(["--hdf5", str(path), "--threads", "2"]) == 0
@@ -216,6 +216,11 @@ def test_conversion_round_trip_is_exact(tmp_path, files, caplog):
   np.testing.assert_array_equal(mapped.features.get_batch(rows), chunked.features.get_batch(rows))
   np.testing.assert_array_equal(mapped.features[5]["features"], chunked.features[5]["features"])
   assert convert_features.main(["--hdf5", str(path)]) == 2  # Never overwrites a finished conversion.
+  (tmp_path / "a_file").write_text("a file where a folder is expected\n")
+  capsys.readouterr()
+  assert convert_features.main(["--hdf5", str(path), "--out", str(tmp_path / "a_file" / "x.npy")]) == 2
+  line = capsys.readouterr().err.strip()
+  assert "--out" in line and "cannot be created" in line and "\n" not in line, line  # before any inflating
   config = dazle_awa2.get_config()  # A run on the hdf5 memory-maps the conversion found beside it.
   config.data.hdf5 = str(path)
   assert config.data.in_memory is None and loading.load_dataset(config).features.mode == "memmap"
