@@ -19,6 +19,9 @@
 #                      features (50 classes, 85 attributes, 49 x 2048 regions, 300-d vectors), the full
 #                      schedule (9,410 steps, evaluations every 470): wall time including compile
 #   loader             benchmarks/loader.py: decode + CLIP preprocess images/s with N grain threads
+#   dazle_input        benchmarks/dazle_input.py: DAZLE's input path (trainer's sampler, LoadFeatures, grain
+#                      with N threads) over AWA2-shaped [2048, 7, 7] features (every 4th AWA2 row), rows/s
+#                      in memory from both hdf5 layouts and memory-mapped from the converted .npy
 # Each benchmark's own output is kept in $DIR/*.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +45,7 @@ if [[ $dry == 1 ]]; then
   dazle_sizes+=", feature_dim=16, w2v_dim=12, images_per_class=4"
   dazle_steps=(--config.total_steps=20 --config.evals.gzsl.every_steps=10)
   loader_args=(--classes 4 --per_class 8 --size 64x48 --repeats 1 --threads 2)
+  dazle_input_args=(--dry-run --only mem --threads 2)
 else
   scale_args=(--model RN50 --dtype bfloat16 --steps 200 --train-steps 8 --scan-workers "$cores"
               --eval-threads "$cores")
@@ -49,6 +53,7 @@ else
   dazle_sizes+=", feature_dim=2048, w2v_dim=300, images_per_class=8"
   dazle_steps=(--config.total_steps=9410)
   loader_args=(--classes 39 --per_class 40 --repeats 2 --threads "$cores")
+  dazle_input_args=(--scale 4 --steps 2000 --only mem --threads "$cores" --dir "$dir")
 fi
 
 echo "== gpu_suite: $(uname -n), $cores cores, load $(cut -d' ' -f1-3 /proc/loadavg), output in $dir" >&2
@@ -70,6 +75,9 @@ t1=$(date +%s.%N)
 
 # 4: loader images/s with N threads.
 "$python" benchmarks/loader.py --no-torch "${loader_args[@]}" > "$dir/loader.log" 2>&1
+
+# 5: DAZLE's feature input path, rows/s.
+"$python" benchmarks/dazle_input.py "${dazle_input_args[@]}" > "$dir/dazle_input.log" 2> "$dir/dazle_input.err"
 
 "$python" - "$dir" "$t0" "$t1" "$start" <<'EOF'
 import json
@@ -103,7 +111,12 @@ ld = f"{float(rows[-1][-2]):,.0f} images/s with {os.cpu_count()} cores visible" 
 for line in (d / "loader.log").read_text().splitlines():
   if line.startswith("generated"):
     ld += f" ({line.split(';')[0]})"
-table = [("hgr_rn50_step", hgr), ("eval_21k_d", evl), ("dazle_awa2_full", dz), ("loader", ld)]
+layouts = ("official", "zsl_jax", "converted .npy")
+inputs = [(line[:15].strip(), line.split()[-5]) for line in (d / "dazle_input.log").read_text().splitlines()
+          if line.startswith(layouts)]  # layout, mode, sampler, steps, rows/s, rows/CPU-s, CPU s, wall s, setup s
+di = "; ".join(f"{layout} {float(rate):,.0f} rows/s" for layout, rate in inputs) or "no result"
+di += f" (in memory; .npy memory-mapped; {os.cpu_count()} cores visible)"
+table = [("hgr_rn50_step", hgr), ("eval_21k_d", evl), ("dazle_awa2_full", dz), ("loader", ld), ("dazle_input", di)]
 w = max(len(k) for k, _ in table)
 print(f"gpu_suite on {os.uname().nodename}: {time.time() - start:.0f} s total, {s['load']}")
 print(f"| {'row':<{w}} | result |")

@@ -15,7 +15,7 @@ from zsl_jax.errors import UserError
 from zsl_jax.projects.hgr.hierarchy import wordnet
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SUITE_ROWS = ("hgr_rn50_step", "eval_21k_d", "dazle_awa2_full", "loader")
+SUITE_ROWS = ("hgr_rn50_step", "eval_21k_d", "dazle_awa2_full", "loader", "dazle_input")
 SCALE_ROWS = ("make_splits files/s", "index size on disk", "host ms/step (sampling+dedupe+tokens)",
               "unique prompts/step", "compiled prompt shapes", "text tokens encoded per useful token",
               "data-wait fraction",
@@ -54,6 +54,8 @@ def test_gpu_suite_prints_every_row(suite):
   assert re.search(r"[\d,]+ images/s \(", rows["eval_21k_d"]), rows["eval_21k_d"]
   assert re.search(r"s wall for 20 steps", rows["dazle_awa2_full"]), rows["dazle_awa2_full"]
   assert re.search(r"[\d,]+ images/s with", rows["loader"]), rows["loader"]
+  assert re.search(r"official [\d,]+ rows/s; zsl_jax [\d,]+ rows/s; converted \.npy [\d,]+ rows/s",
+                   rows["dazle_input"]), rows["dazle_input"]
 
 
 def test_scale_21k_dry_run_table(suite):
