@@ -112,8 +112,8 @@ for line in (d / "loader.log").read_text().splitlines():
   if line.startswith("generated"):
     ld += f" ({line.split(';')[0]})"
 layouts = ("official", "zsl_jax", "converted .npy")
-inputs = [(line[:15].strip(), line.split()[-5]) for line in (d / "dazle_input.log").read_text().splitlines()
-          if line.startswith(layouts)]  # layout, mode, sampler, steps, rows/s, rows/CPU-s, CPU s, wall s, setup s
+inputs = [(next(k for k in layouts if line.startswith(k)), line.split()[-5])  # rows/s: 5th number from the end
+          for line in (d / "dazle_input.log").read_text().splitlines() if line.startswith(layouts)]
 di = "; ".join(f"{layout} {float(rate):,.0f} rows/s" for layout, rate in inputs) or "no result"
 di += f" (in memory; .npy memory-mapped; {os.cpu_count()} cores visible)"
 table = [("hgr_rn50_step", hgr), ("eval_21k_d", evl), ("dazle_awa2_full", dz), ("loader", ld), ("dazle_input", di)]

@@ -181,8 +181,10 @@ def read_only_dir(tmp_path):
   locked.mkdir()
   if os.geteuid() != 0:
     locked.chmod(0o555)
-    yield locked
-    locked.chmod(0o755)
+    try:
+      yield locked
+    finally:
+      locked.chmod(0o755)  # Even after a failure: pytest must be able to delete tmp_path.
     return
   mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(locked)],
                          capture_output=True, text=True, check=False)
