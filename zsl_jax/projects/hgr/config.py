@@ -102,6 +102,8 @@ def _loss_config():
       theta_scale=1.0,
       template="a photo of a {}.",
       prompt_chunk_rows=0,         # packed prompt rows per text-tower chunk, a multiple of the devices; 0: automatic
+      classes_per_step=1,          # class-pure slots per batch (batch_size / this images each); 1: the reference
+      negatives_from="all",        # all (the reference: unseen names too) | train_tree (training classes + ancestors)
   ))
 
 
@@ -114,11 +116,16 @@ def _demo(c, eval_name):
   one level of the contrast's level, except the anchor's path and children: no ranking, so no
   pretrained tower is needed). It never makes an ancestor of the anchor a negative: `brothers` and
   `random` do, which orders leaf > parent > root for every image and left TOR at 0 (measured), and
-  `topk` never contrasts the anchor's own level. Level weights `adaptive_frozen` (θ at its init,
-  as the released code effectively runs): learning θ by SGD on this loss put 0.99998 of the weight
-  on the easiest contrast (the top level) within 600 steps, and the text tower then kept only the
-  colour word. `compare_baseline`: after HGR-Net, the flat CLIP baseline trains on the same data
-  and a table compares them (`demo_compare`).
+  `topk` never contrasts the anchor's own level. Negatives come from the training classes' tree
+  only (`negatives_from="train_tree"`), so that, like the flat baseline, HGR-Net never names an
+  unseen leaf in training; the reference's "all" made the unseen leaves' names negatives of their
+  seen siblings' images, and no unseen leaf image was then ranked first at its level (measured).
+  Twelve class-pure slots of 2 images per step (`classes_per_step`): on one-class steps, a model
+  trained from scratch only learns the colour (measured: the flat baseline too). Level weights
+  `adaptive_frozen` (θ at its init, as the released code effectively runs): learning θ by SGD on
+  this loss put 0.99998 of the weight on the easiest contrast (the top level) within 600 steps, and
+  the text tower then kept only the colour word. `compare_baseline`: after HGR-Net, the flat CLIP
+  baseline trains on the same data and a table compares them (`demo_compare`).
   """
   c.model.name = "custom"
   c.model.custom.image_resolution = 32
@@ -129,6 +136,8 @@ def _demo(c, eval_name):
   c.hgr.out_ratio, c.hgr.in_ratio = 1.0, 1.0
   c.hgr.num_negatives = 64
   c.hgr.sampler = "near_simi"
+  c.hgr.negatives_from = "train_tree"
+  c.hgr.classes_per_step = 12
   c.hgr.level_weights = "adaptive_frozen"
   c.hgr.prompt_chunk_rows = 8  # all 39 prompts in one chunk (8 rows of 64 tokens): one text-tower call per step
   c.optim.lr = 1e-3

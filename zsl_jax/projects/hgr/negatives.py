@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 SAMPLERS = ("topk", "random", "brothers", "near_simi")
 METHODS = ("OM", "hierarchical")
+NEGATIVES_FROM = ("all", "train_tree")  # hgr.negatives_from: every node (reference) | training classes + ancestors
 ROW_TOKENS = 64  # packed prompt rows: about 6 WordNet prompts each; attention cost grows with it, row-end waste falls
 CHUNKS_AT_MEDIAN = 12  # automatic chunk size: a median step fills about this many chunks (see prompt_layout)
 
@@ -35,6 +36,8 @@ class Contrasts:
   group_mask:   bool  [G]     real contrasts (the rest is padding).
   outer_depths: int32 [Kmax]  depth of each outer position (-1 = unused), for level weights.
   inner_depths: int32 [Kmax, Mmax] depth of each inner position per anchor (-1 = unused).
+  slot:         int32 [G]     the batch slot (class) whose images a contrast scores (`sample_step`;
+                              then outer_depths is [P, Kmax] and inner_depths [P, Kmax, Mmax]).
   """
   node_ids: np.ndarray
   k_index: np.ndarray
@@ -42,6 +45,7 @@ class Contrasts:
   group_mask: np.ndarray
   outer_depths: np.ndarray
   inner_depths: np.ndarray
+  slot: np.ndarray | None = None
 
 
 class ContrastSampler:
@@ -59,10 +63,12 @@ class ContrastSampler:
     method: OM (outer x inner loops) | hierarchical (single loop over the label's path).
     candidates: int array of nodes the `random` sampler draws from (default: every node).
     similarity_fn: node -> similarity to every node [N] (near_simi ranks by it).
+    negative_nodes: optional bool [N], the nodes that may be negatives (`hgr.negatives_from`); None: all,
+      as the reference, which names unseen classes as negatives (transductive in class names).
   """
 
   def __init__(self, paths, depth, children, roots, *, out_ratio=0.25, in_ratio=0.5, strategy="topk", k=1,
-               num_negatives=256, method="OM", candidates=None, similarity_fn=None):
+               num_negatives=256, method="OM", candidates=None, similarity_fn=None, negative_nodes=None):
     if strategy not in SAMPLERS:
       raise UserError(f"hgr.sampler={strategy!r}; use one of {', '.join(SAMPLERS)}")
     if method not in METHODS:
@@ -76,6 +82,7 @@ class ContrastSampler:
     self.candidates = (np.arange(len(self.depth), dtype=np.int32) if candidates is None
                        else np.asarray(candidates, np.int32))
     self.similarity_fn = similarity_fn
+    self.negative_nodes = None if negative_nodes is None else np.asarray(negative_nodes, bool)
     max_len = self.paths.shape[1]
     self.nodes_at_depth = [np.flatnonzero(self.depth == d).astype(np.int32) for d in range(max_len)]
     if method == "OM":
@@ -119,6 +126,8 @@ class ContrastSampler:
   def _negatives(self, anchor, level_depth, anchor_path, rng):
     _, pool, exclude = self._pool(anchor, level_depth, anchor_path)
     pool = pool[~np.isin(pool, np.fromiter(exclude, np.int64, len(exclude)))]
+    if self.negative_nodes is not None:
+      pool = pool[self.negative_nodes[pool]]
     if len(pool) <= self.num_negatives:
       return pool
     if self.strategy == "near_simi":
@@ -164,14 +173,24 @@ class ContrastSampler:
       k_index[g], m_index[g], group_mask[g] = kk, mm, True
     return Contrasts(node_ids, k_index, m_index, group_mask, outer_depths, inner_depths)
 
-  def step_bound(self, labels, lengths):
+  def sample_step(self, labels, rng):
+    """The contrasts of a step of P class-pure slots (`labels`, slot order), drawn one slot after another
+    from `rng`: [P * G] contrasts, each tagged with its slot; one slot draws what `sample` draws."""
+    parts = [self.sample(int(label), rng) for label in labels]
+    cat = lambda key: np.concatenate([getattr(c, key) for c in parts])
+    stack = lambda key: np.stack([getattr(c, key) for c in parts])
+    return Contrasts(cat("node_ids"), cat("k_index"), cat("m_index"), cat("group_mask"), stack("outer_depths"),
+                     stack("inner_depths"), np.repeat(np.arange(len(parts), dtype=np.int32), self.g_max))
+
+  def step_bound(self, labels, lengths, classes_per_step=1):
     """(prompts, tokens): the most unique prompts, and prompt tokens, that one step of any class in
     `labels` can name, whatever the draws; `lengths` int [N] is each node's prompt length in tokens.
 
     A contrast whose pool holds at most `num_negatives` nodes names all of them (counted once per
     step); a larger pool adds at most `num_negatives` nodes, at most the longest ones. Pools are
     taken before the anchor's exclusions, which can only raise the bound. Both figures are also
-    capped by every node the step's pools can reach.
+    capped by every node the step's pools can reach. A step of P classes names at most P times a
+    class's figures, and at most every node.
     """
     lengths = np.asarray(lengths, np.int64)
     stats = {}  # pool key -> (size, tokens of its num_negatives longest prompts)
@@ -199,6 +218,9 @@ class ContrastSampler:
       reach |= fixed
       most_prompts = max(most_prompts, min(int(fixed.sum()) + drawn_n, int(reach.sum())))
       most_tokens = max(most_tokens, min(int(lengths[fixed].sum()) + drawn_t, int(lengths[reach].sum())))
+    if classes_per_step > 1:
+      most_prompts = min(classes_per_step * most_prompts, len(lengths))
+      most_tokens = min(classes_per_step * most_tokens, int(lengths.sum()))
     return most_prompts, most_tokens
 
 
@@ -230,11 +252,11 @@ def prompt_lengths(tokens):
   return np.argmax(np.asarray(tokens), axis=1) + 1
 
 
-def prompt_layout(sampler, labels, tokens, devices, chunk_rows=0, seed=0, probe_steps=32):
+def prompt_layout(sampler, labels, tokens, devices, chunk_rows=0, seed=0, probe_steps=32, classes_per_step=1):
   """The static packed layout of a step's unique prompts (`packing.Layout`), and what sized it.
 
-  Capacity: the sampler's worst case (`step_bound`) over the classes `labels`, in rows of
-  ROW_TOKENS tokens (or the longest prompt). Chunk size (`chunk_rows=0`): a multiple of `devices`
+  Capacity: the sampler's worst case (`step_bound`) over steps of `classes_per_step` classes of
+  `labels`, in rows of ROW_TOKENS tokens (or the longest prompt). Chunk size (`chunk_rows=0`): a multiple of `devices`
   such that the median of `probe_steps` sampled steps fills about CHUNKS_AT_MEDIAN chunks; the
   padding encoded is then about half a chunk, a few % of a step. Measured over 500 paper steps on
   the WordNet hierarchy (benchmarks/hgr_aot.py): fewer, larger chunks pad more; more, smaller ones
@@ -243,12 +265,12 @@ def prompt_layout(sampler, labels, tokens, devices, chunk_rows=0, seed=0, probe_
   lengths = prompt_lengths(tokens)
   longest, shortest = int(lengths.max()), int(lengths.min())
   row_tokens = min(max(ROW_TOKENS, longest), np.asarray(tokens).shape[1])
-  most_prompts, most_tokens = sampler.step_bound(labels, lengths)
+  most_prompts, most_tokens = sampler.step_bound(labels, lengths, classes_per_step)
   capacity = packing.rows_bound(most_tokens, row_tokens, longest)
   rng = np.random.default_rng([seed, 11])
   used = []
-  for label in rng.choice(np.asarray(labels), probe_steps):
-    node_ids = sampler.sample(int(label), rng).node_ids
+  for step_labels in rng.choice(np.asarray(labels), (probe_steps, classes_per_step)):
+    node_ids = sampler.sample_step(step_labels, rng).node_ids
     row_of, _ = packing.assign_rows(lengths[np.unique(node_ids[node_ids >= 0])], row_tokens)
     used.append(int(row_of.max()) + 1)
   if chunk_rows <= 0:

@@ -1,7 +1,7 @@
 """HGR-Net trainer: CLIP fine-tuned with the hierarchical OM loss on class-pure batches.
 
-Per step the host draws one class's images (`data.batchers`, class-pure), samples every
-contrast's negatives (`negatives.ContrastSampler`, seeded by (seed, step) so a resumed run
+Per step the host draws one class's images (`data.batchers`, class-pure; or P class-pure slots with
+`hgr.classes_per_step`), samples every contrast's negatives (`negatives.ContrastSampler`, seeded by (seed, step) so a resumed run
 draws the same ones), deduplicates the prompts and packs them end to end into the static chunks
 of `negatives.prompt_layout` (`models.clip.packing`). The device encodes the images once and
 the unique prompts once, each device its share of the chunks in use, then scores all contrasts
@@ -42,7 +42,7 @@ from zsl_jax.text import tokenizer
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("custom",) + tuple(clip_lib.PRESETS)  # model.name: a CLIP preset, or custom sizes
-CONTRAST_KEYS = ("columns", "k_index", "m_index", "group_mask", "outer_depths", "inner_depths")
+CONTRAST_KEYS = ("columns", "k_index", "m_index", "group_mask", "outer_depths", "inner_depths", "slot")
 PROMPT_KEYS = ("prompt_tokens", "prompt_pool", "prompt_chunks", "num_prompts")  # packed prompts (`AddContrasts`)
 # CLIP parameters `encode_embedded_packed` reads (setup() declares the last three whatever the method).
 TEXT_PARAMS = ("transformer", "ln_final", "text_projection", "positional_embedding", "logit_scale")
@@ -118,12 +118,13 @@ class AddContrasts:
   def __post_init__(self):
     self.lengths = negatives.prompt_lengths(self.tokens)
     if self.layout is None:
-      self.layout, _ = negatives.prompt_layout(self.sampler, self.classes.classes, self.tokens, 1, seed=self.seed)
+      self.layout, _ = negatives.prompt_layout(self.sampler, self.classes.classes, self.tokens, 1, seed=self.seed,
+                                               classes_per_step=self.classes.classes_per_step)
 
   def __call__(self, step, batch):
-    label = self.classes.step_label(step)
+    labels = self.classes.step_labels(step)
     rng = np.random.default_rng([self.seed, 7, int(step)])
-    contrasts = self.sampler.sample(label, rng)
+    contrasts = self.sampler.sample_step(labels, rng)
     unique, columns, n = negatives.dedupe_prompts(contrasts.node_ids, multiple=1)
     nodes = unique[:n]
     tokens, pool, slot, chunks = packing.pack(self.tokens[nodes], self.lengths[nodes], self.layout)
@@ -155,9 +156,12 @@ class Trainer(base.Trainer):
     config_lib.check_choices(config, {
         "hgr.method": negatives.METHODS, "hgr.sampler": negatives.SAMPLERS, "hgr.level_weights": hgr_loss.SCHEMES,
         "hgr.index_by": hgr_loss.INDEX_BY, "hgr.weighting": hgr_loss.WEIGHTINGS,
+        "hgr.negatives_from": negatives.NEGATIVES_FROM,
         "data.images": array_record.IMAGE_SOURCES, "model.remat_text": text_transformer.REMAT_POLICIES,
         "model.remat_image": text_transformer.REMAT_POLICIES, "model.conv_impl": modified_resnet.CONV_IMPLS})
     config_lib.check_choice(config, "model.name", MODEL_NAMES, normalize=preset_name)
+    # The training class count is checked by the sampler, once the index is read.
+    batchers.check_classes_per_step(config_lib.lookup(config, "hgr.classes_per_step", 1), config.batch_size)
     chunk_rows = config_lib.lookup(config, "hgr.prompt_chunk_rows", 0)
     if not isinstance(chunk_rows, int) or chunk_rows < 0:
       raise UserError(f"hgr.prompt_chunk_rows={chunk_rows!r}; give a whole number of packed prompt rows per "
@@ -185,7 +189,8 @@ class Trainer(base.Trainer):
         self.paths, self.hierarchy.depth, self.hierarchy.children, self.hierarchy.nodes_at_depth[0],
         out_ratio=h.out_ratio, in_ratio=h.in_ratio, strategy=h.sampler, k=h.k,
         num_negatives=h.num_negatives, method=h.method, candidates=candidates,
-        similarity_fn=self._similarity_fn() if self._ranks_negatives(h) else None)
+        similarity_fn=self._similarity_fn() if self._ranks_negatives(h) else None,
+        negative_nodes=self._negative_nodes(h.get("negatives_from", "all")))
     logger.info("HGR-Net: %d classes, max depth %d, level weights %s (by %s, weighting %s), sampler %s "
                 "(k=%d, %d negatives), K=%.2f, M=%.2f, %d contrasts max per step",
                 len(self.hierarchy), self.hierarchy.max_depth, h.level_weights, h.index_by, h.weighting,
@@ -255,8 +260,13 @@ class Trainer(base.Trainer):
     """The static packed-prompt layout of training steps (`negatives.prompt_layout`), for this mesh."""
     labels = np.unique(self.index.labels(self._train_rows()))
     layout, _ = negatives.prompt_layout(self.sampler, labels, self.tokens, sharding.batch_devices(self.mesh),
-                                        self.config.hgr.get("prompt_chunk_rows", 0), seed=self.config.seed)
+                                        self.config.hgr.get("prompt_chunk_rows", 0), seed=self.config.seed,
+                                        classes_per_step=self.classes_per_step)
     return layout
+
+  @property
+  def classes_per_step(self):
+    return self.config.hgr.get("classes_per_step", 1)
 
   def loss(self, variables, batch, rng, step):
     del rng, step
@@ -268,7 +278,9 @@ class Trainer(base.Trainer):
     weights = hgr_loss.contrast_weights(h.level_weights, contrasts, theta, self.level_counts, h.weighting,
                                         h.index_by)
     logit_scale = variables["params"]["clip"]["logit_scale"]
-    loss, _ = hgr_loss.om_loss(img, txt, batch["columns"], weights, logit_scale, batch[pipeline.MASK_KEY])
+    p = self.classes_per_step
+    loss, _ = hgr_loss.om_loss(img, txt, batch["columns"], weights, logit_scale, batch[pipeline.MASK_KEY],
+                               slots=(batch["slot"], p) if p > 1 else None)
     metrics = {"logit_scale": jnp.exp(logit_scale), "contrasts": batch["group_mask"].sum(),
                "prompts": batch["num_prompts"], "prompt_chunks": batch["prompt_chunks"],
                "images": batch[pipeline.MASK_KEY].sum()}
@@ -284,16 +296,36 @@ class Trainer(base.Trainer):
     return rows
 
   def steps_per_epoch(self):
-    return batchers.steps_per_epoch(self.index.labels(self._train_rows()), self.config.batch_size)
+    return batchers.steps_per_epoch(self.index.labels(self._train_rows()), self.config.batch_size,
+                                    classes_per_step=self.classes_per_step)
+
+  def class_sampler(self):
+    """The step -> rows sampler of training (`batchers.ClassPureSampler`)."""
+    rows = self._train_rows()
+    return batchers.ClassPureSampler(self.index.labels(rows), rows, self.config.batch_size, self.config.seed,
+                                     self.classes_per_step)
 
   def train_iterator(self):
     d = self.config.data
-    rows = self._train_rows()
-    classes = batchers.ClassPureSampler(self.index.labels(rows), rows, self.config.batch_size, self.config.seed)
+    classes = self.class_sampler()
     load = imagenet21k.LoadImage(self.index, self.clip_config.image_resolution, "clip")
     return sampling.iterator(classes, load, per_row=True,
                              step_map=AddContrasts(self.sampler, classes, self.tokens, self.config.seed, self.layout),
                              num_threads=d.num_threads, prefetch=d.prefetch, num_workers=d.num_workers)
+
+  def _negative_nodes(self, negatives_from):
+    """bool [N] of the nodes that may be negatives, or None for every node (the reference).
+
+    "train_tree": the training classes and their ancestors, so that no class outside the tree the
+    training images span (an unseen leaf) is named in training: an inductive run in class names.
+    """
+    if negatives_from == "all":
+      return None
+    train = self.hierarchy.indices(self.index.class_list(self.config.data.train_classes))
+    nodes = np.zeros(len(self.hierarchy), bool)
+    ancestors = self.paths[train]
+    nodes[ancestors[ancestors >= 0]] = True
+    return nodes
 
   def _ranks_negatives(self, h):
     """near_simi needs similarities when a pool can exceed num_negatives (the sampler refuses a pool
