@@ -2,11 +2,12 @@
 
 Command 1 runs once (module fixture, on 1 CPU device as a user runs it): HGR-Net trains and is
 scored on the 21 unseen classes at step 0 (untrained) and at the end, then the flat baseline
-trains on the same data into <workdir>/baseline, and the comparison table is written. Both must
-learn zero-shot transfer well above chance (thresholds below the measured values, README "Quick
-start"). HGR-Net does not beat the flat baseline on this demo (README says why), so no test claims
-it does. Then eval mode restores the checkpoint and reproduces the final metrics exactly.
+trains on the same data into <workdir>/baseline, and the comparison table is written. HGR-Net must
+reach Hit@1 >= 3x chance and beat the flat baseline's TOR and POR, with margins below the smallest
+measured over seeds 0-2 (README "Quick start"); seeds 1 and 2 run too, both at once. Then eval
+mode restores the checkpoint and reproduces the final metrics exactly.
 """
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -21,10 +22,11 @@ SPLIT = "in21k_d"
 METRICS = ("hit@1", "hit@2", "hit@5", "hit@10", "hit@20", "tor", "por")
 STEPS = 600
 NUM_UNSEEN = 21
-# Measured over seeds 0-2 on 1 device (README "Quick start"): HGR-Net Hit@1 0.143-0.149, Hit@5 0.714,
-# POR 0.068 -> 0.619-0.635; the flat baseline Hit@1 0.265-0.405, POR 0.493-0.790. TOR swings from 0.000 to
-# 0.714 with the seed (which of a path's nodes wins the top-1 over all nodes), so no test bounds it.
+# Measured over seeds 0-2 on 1 device (README "Quick start"): HGR-Net Hit@1 0.280-0.351, TOR 0.381-0.557,
+# POR 0.875-0.947; the flat baseline Hit@1 0.265-0.405, TOR 0.146-0.336, POR 0.493-0.790. HGR-Net's lead:
+# TOR +0.045 to +0.411, POR +0.085 to +0.413. The asserted margins sit below the smallest lead.
 CHANCE = 1 / NUM_UNSEEN
+TOR_MARGIN, POR_MARGIN = 0.02, 0.05
 ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
@@ -51,16 +53,36 @@ def demo_run(tmp_path_factory):
   return workdir, data, proc.stdout
 
 
+def _assert_hgr_net_ahead(table):
+  """Issue 15's claims on one comparison table: HGR-Net Hit@1 >= 3x chance, TOR and POR above the baseline's."""
+  hgr, flat = table["hgr"], table["baseline"]
+  assert hgr["hit@1"] >= 3 * CHANCE and flat["hit@1"] >= 3 * CHANCE, table
+  assert hgr["tor"] >= flat["tor"] + TOR_MARGIN and hgr["por"] >= flat["por"] + POR_MARGIN, table
+
+
+@pytest.fixture(scope="module")
+def other_seeds(demo_run, tmp_path_factory):
+  """{seed: comparison table} of command 1 with seeds 1 and 2, both at once (2 cores: about one run's wall time)."""
+  _, data, _ = demo_run
+  workdirs = {seed: tmp_path_factory.mktemp(f"hgr_demo_seed{seed}") for seed in (1, 2)}
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    list(pool.map(lambda s: run_main(workdirs[s], f"--config.data.demo_root={data}", f"--config.seed={s}"), workdirs))
+  return {s: json.loads((w / "comparison.json").read_text())[SPLIT] for s, w in workdirs.items()}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_hgr_net_ahead_of_the_flat_baseline_on_other_seeds(other_seeds, seed):
+  _assert_hgr_net_ahead(other_seeds[seed])
+
+
 def test_demo_compares_hgr_with_the_flat_baseline_zero_shot(demo_run):
   workdir, _, stdout = demo_run
   table = json.loads((workdir / "comparison.json").read_text())[SPLIT]
   assert {k: r["step"] for k, r in table.items()} == {"untrained": 0, "baseline": STEPS, "hgr": STEPS}
   for r in table.values():
     assert r["num_classes"] == NUM_UNSEEN and r["count"] == NUM_UNSEEN * 16
-  hgr, flat, untrained = table["hgr"], table["baseline"], table["untrained"]
-  assert hgr["hit@1"] >= 2 * CHANCE and hgr["hit@5"] >= 2 * 5 * CHANCE, table
-  assert flat["hit@1"] >= 4 * CHANCE and flat["por"] >= untrained["por"] + 0.3, table
-  assert untrained["hit@1"] <= 2 * CHANCE, table
+  _assert_hgr_net_ahead(table)
+  assert table["untrained"]["hit@1"] <= 2 * CHANCE, table
   md = (workdir / "comparison.md").read_text()
   assert md.strip() in stdout and "| HGR-Net | 600 |" in md and "| flat CLIP baseline | 600 |" in md
   assert (workdir / "plots" / f"levels_compare_{SPLIT}.png").stat().st_size > 1000

@@ -4,6 +4,7 @@ The trainers' own iterators are built as host p of P would build them (jax.proce
 jax.process_count patched around `train_iterator()`), and the hosts' batches must concatenate to
 the single-host batch: 2 processes x 4 devices train on exactly the batches of 1 x 8.
 """
+import collections
 import pickle
 
 import jax
@@ -78,13 +79,15 @@ def test_clip_baseline_batches_of_2x4_equal_1x8_across_an_epoch(demo_root, monke
   assert b["_mask"].all() and b["image"].shape == (40, size, size, 3)
 
 
-def test_hgr_class_pure_batches_and_contrasts_of_2x4_equal_1x8(demo_root, monkeypatch):
+@pytest.mark.parametrize("classes_per_step", [1, 4])
+def test_hgr_class_pure_batches_and_contrasts_of_2x4_equal_1x8(demo_root, monkeypatch, classes_per_step):
   def make(num_devices):
     del num_devices  # Every process of a 2 x 4 run sees the global 8-device mesh, which sizes the prompt chunks.
     config = hgr_rn50.get_config("demo")
     config.data.demo_root = demo_root
     config.data.num_threads = 2
     config.batch_size = 8
+    config.hgr.classes_per_step = classes_per_step
     return hgr_trainer.Trainer(config, _mesh(8))
   _assert_hosts_concatenate(make, monkeypatch, steps=20, replicated=hgr_trainer.Trainer.replicated_batch_keys)
 
@@ -114,10 +117,11 @@ def _samplers():
   return {"shuffled": sampling.ShuffledSampler(rows, 12, 4),
           "uniform": sampling.UniformSampler(rows, 12, 4),
           "balanced": sampling.BalancedSampler(rows, labels, 20, 4),  # 9 classes x 2 = 18 rows
-          "class_pure": batchers.ClassPureSampler(labels, rows, 12, 4)}
+          "class_pure": batchers.ClassPureSampler(labels, rows, 12, 4),
+          "class_slots": batchers.ClassPureSampler(labels, rows, 12, 4, classes_per_step=3)}
 
 
-@pytest.mark.parametrize("name", ["shuffled", "uniform", "balanced", "class_pure"])
+@pytest.mark.parametrize("name", ["shuffled", "uniform", "balanced", "class_pure", "class_slots"])
 @pytest.mark.parametrize("per_row", [False, True])
 def test_every_sampler_gives_the_same_global_batches_for_any_host_count(name, per_row):
   sampler = _samplers()[name]
@@ -135,7 +139,8 @@ def test_every_sampler_gives_the_same_global_batches_for_any_host_count(name, pe
 
 def test_sampler_batch_sizes_and_padding():
   s = _samplers()
-  assert {k: v.batch_size for k, v in s.items()} == {"shuffled": 12, "uniform": 12, "balanced": 18, "class_pure": 12}
+  assert {k: v.batch_size for k, v in s.items()} == {"shuffled": 12, "uniform": 12, "balanced": 18, "class_pure": 12,
+                                                     "class_slots": 12}
   rows, labels = _rows_and_labels()
   for step in range(9):  # One cycle over the 9 classes: class c (3 + c rows) is padded with -1 up to 12.
     batch = s["class_pure"](step)
@@ -146,6 +151,45 @@ def test_sampler_batch_sizes_and_padding():
   b = s["balanced"](0)
   np.testing.assert_array_equal(np.bincount(labels[b // 10]), np.full(9, 2))
   assert np.unique(s["uniform"](0)).size == 12
+
+
+def test_class_slots_hold_one_class_each_and_visit_every_class_once_a_cycle():
+  """classes_per_step=3: slot j of step s is the class at cycle position 3s + j, its rows and its padding."""
+  rows, labels = _rows_and_labels()
+  one, slots = _samplers()["class_pure"], _samplers()["class_slots"]
+  for cycle in range(3):  # 9 classes = 3 steps of 3 slots a cycle
+    steps = range(3 * cycle, 3 * cycle + 3)
+    got = [slots.step_labels(s) for s in steps]
+    assert sorted(sum(got, [])) == list(range(9))
+    assert sum(got, []) == [one.step_label(s) for s in range(9 * cycle, 9 * cycle + 9)]  # the same class order
+    for step, step_labels in zip(steps, got):
+      batch = slots(step).reshape(3, 4)
+      for slot, label in zip(batch, step_labels):
+        real = slot[slot != sampling.PADDING]
+        n = 3 + label  # rows of the class; visit `cycle` takes its batch cycle mod ceil(n / 4) of 4 rows
+        j = cycle % -(-n // 4)
+        assert set(labels[real // 10].tolist()) == {label} and len(set(real.tolist())) == min(4, n - 4 * j)
+        assert (slot[len(real):] == sampling.PADDING).all()  # a short batch is padded within its slot
+  # A class's visits walk through its seeded permutation 4 rows at a time.
+  seen = collections.defaultdict(list)
+  for step in range(9):
+    for slot, label in zip(slots(step).reshape(3, 4), slots.step_labels(step)):
+      seen[label].append(slot[slot != sampling.PADDING])
+  for label, visits in seen.items():
+    n = (labels == label).sum()
+    assert len(visits) == 3
+    if n >= 12:  # three visits of 4 never repeat a row within one pass over the class
+      assert len(set(np.concatenate(visits).tolist())) == 12
+  assert batchers.steps_per_epoch(labels, 12, classes_per_step=3) == -(-sum(-(-(labels == c).sum() // 4)
+                                                                           for c in range(9)) // 3)
+
+
+@pytest.mark.parametrize("value, fragment", [(5, "does not divide batch_size=12"), (0, "whole number"),
+                                             (True, "whole number"), (12, "exceeds the 9 training classes")])
+def test_bad_classes_per_step_is_named_with_its_fix(value, fragment):
+  rows, labels = _rows_and_labels()
+  with pytest.raises(UserError, match=fragment):
+    batchers.ClassPureSampler(labels, rows, 12, 4, classes_per_step=value)
 
 
 def test_shuffled_sampler_is_a_pure_function_of_seed_and_step():

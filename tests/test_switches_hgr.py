@@ -10,6 +10,7 @@ Every setting a test depends on is set explicitly, so the demo recipe can change
 """
 import functools
 import importlib
+import types
 
 import jax
 import numpy as np
@@ -40,7 +41,8 @@ def demo_config(data_root, name="hgr_rn50", arg="demo", evals=False, **hgr):
   c.log.tensorboard = False
   if "hgr" in c:
     c.hgr.update(dict(method="OM", sampler="brothers", level_weights="adaptive", index_by="depth",
-                      weighting="both", out_ratio=1.0, in_ratio=1.0, num_negatives=16, k=1), **hgr)
+                      weighting="both", out_ratio=1.0, in_ratio=1.0, num_negatives=16, k=1, classes_per_step=1,
+                      negatives_from="all"), **hgr)
   for ev in c.evals.values():
     ev.at_start, ev.every_steps = False, 0
   if not evals:
@@ -85,11 +87,18 @@ def first_batch(eng):
 
 
 def step_contrasts(trainer, step=0):
-  """(label, Contrasts) that `AddContrasts` sampled for `step` (same seed, same draw)."""
+  """(label, Contrasts) that `AddContrasts` sampled for `step` (same seed, same draw), for one-class steps;
+  (labels, Contrasts with a slot per contrast) for steps of several classes."""
   rows = trainer._train_rows()  # pylint: disable=protected-access
-  classes = batchers.ClassPureSampler(trainer.index.labels(rows), rows, trainer.config.batch_size, trainer.config.seed)
+  p = trainer.config.hgr.classes_per_step
+  classes = batchers.ClassPureSampler(trainer.index.labels(rows), rows, trainer.config.batch_size, trainer.config.seed,
+                                      p)
+  rng = np.random.default_rng([trainer.config.seed, 7, step])
+  if p > 1:
+    labels = classes.step_labels(step)
+    return labels, trainer.sampler.sample_step(labels, rng)
   label = classes.step_label(step)
-  return label, trainer.sampler.sample(label, np.random.default_rng([trainer.config.seed, 7, step]))
+  return label, trainer.sampler.sample(label, rng)
 
 
 # ------------------------------------------------------------------ BatchNorm statistics
@@ -108,18 +117,29 @@ def test_bn_train_updates_batch_stats(base_run):
 
 # ------------------------------------------------------------------ loss switches vs the formula
 def _expected_loss(trainer, variables, batch, contrasts, level_w):
-  """sum_g w_out[k_g] w_in[k_g, m_g] CE_g from unpacked prompt features, the weights from `level_w`."""
+  """sum_g w_out[k_g] w_in[k_g, m_g] CE_g from unpacked prompt features, the weights from `level_w`.
+
+  With P class slots (`contrasts.slot`), the mean over slots of that sum, each slot's contrasts scoring
+  only its B / P real images, weighted by its own class's loops.
+  """
   img = np.asarray(trainer.encode_images(variables, batch["image"])[0])                # [B, E]
   txt = np.asarray(trainer.encode_prompts_fn(variables, trainer.tokens))                # [N, E]
+  real = np.asarray(batch["_mask"])                                                     # [B]
   scale = np.exp(np.asarray(variables["params"]["clip"]["logit_scale"]))
-  w_out, w_in = level_w(contrasts)
+  p = 1 if contrasts.slot is None else contrasts.outer_depths.shape[0]
   total = 0.0
-  for g in np.flatnonzero(contrasts.group_mask):
-    nodes = contrasts.node_ids[g][contrasts.node_ids[g] >= 0]
-    logits = scale * img @ txt[nodes].T                                                 # [B, C]
-    ce = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1) - logits[:, 0]
-    k, m = contrasts.k_index[g], contrasts.m_index[g]
-    total += w_out[k] * w_in[k, m] * ce.mean()
+  for s in range(p):
+    g_of_slot = contrasts.group_mask & ((contrasts.slot == s) if p > 1 else True)
+    depths = (contrasts.outer_depths[s], contrasts.inner_depths[s]) if p > 1 else (contrasts.outer_depths,
+                                                                                  contrasts.inner_depths)
+    w_out, w_in = level_w(types.SimpleNamespace(outer_depths=depths[0], inner_depths=depths[1]))
+    images = np.arange(len(img)) // (len(img) // p) == s                                # the slot's rows
+    for g in np.flatnonzero(g_of_slot):
+      nodes = contrasts.node_ids[g][contrasts.node_ids[g] >= 0]
+      logits = scale * img[images & real] @ txt[nodes].T                                # [b, C]
+      ce = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1) - logits[:, 0]
+      k, m = contrasts.k_index[g], contrasts.m_index[g]
+      total += w_out[k] * w_in[k, m] * ce.mean() / p
   return total
 
 
@@ -190,6 +210,18 @@ def test_hierarchical_method_is_one_loop_over_the_label_path(default_loss, data_
   assert abs(got - default_loss[0]) > 1e-3 * abs(default_loss[0])
 
 
+def test_class_slots_score_each_slot_against_its_own_class(default_loss, data_root, tmp_path):
+  """hgr.classes_per_step=3: 3 class-pure slots of 8 images, each scored against its own class's contrasts."""
+  got, want, labels, c = _trainer_loss(demo_config(data_root, classes_per_step=3), tmp_path)
+  np.testing.assert_allclose(got, want, rtol=5e-5)
+  assert len(set(labels)) == 3 and c.outer_depths.shape == (3, 3)
+  assert np.bincount(c.slot[c.group_mask]).tolist() == [6] * 3
+  for s, label in enumerate(labels):  # each slot's anchors: its own class and the class's 2 ancestors
+    anchors = c.node_ids[(c.slot == s) & c.group_mask, 0]
+    assert label in anchors and len(set(anchors.tolist())) == 3
+  assert abs(got - default_loss[0]) > 1e-3 * abs(default_loss[0])
+
+
 # ------------------------------------------------------------------ negative samplers
 def _sampled(data_root, workdir, steps=4, **hgr):
   """(trainer, [(label, Contrasts)]) of the first steps, checked against the pipeline's step-0 batch."""
@@ -228,6 +260,25 @@ def test_random_negatives_come_from_the_whole_candidate_set(data_root, tmp_path)
       assert len(negatives) == 8 and anchor not in negatives and set(negatives.tolist()) <= candidates
       depths |= set(trainer.hierarchy.depth[negatives].tolist())
   assert depths == {0, 1, 2}  # any depth, whatever the contrast's level (brothers: that level only)
+
+
+@pytest.mark.parametrize("sampler", ["near_simi", "random"])
+def test_train_tree_negatives_never_name_a_class_outside_the_training_tree(data_root, tmp_path, sampler):
+  """hgr.negatives_from=train_tree: negatives only among the training classes and their ancestors (the
+  demo's 9 unseen leaves never named); "all" (the reference) names them, with the same pools otherwise."""
+  named = {}
+  for source in ("all", "train_tree"):
+    trainer, drawn = _sampled(data_root, tmp_path / source, steps=9, sampler=sampler, num_negatives=64,
+                              negatives_from=source)
+    h = trainer.hierarchy
+    seen = h.indices(trainer.index.class_list("train"))
+    tree = set(np.concatenate([trainer.sampler.path(int(c)) for c in seen]).tolist())
+    negatives = set().union(*(set(neg.tolist()) for _, c in drawn for _, _, neg in _contrast_rows(c)))
+    named[source] = negatives - tree
+    if source == "train_tree":
+      assert negatives and negatives <= tree
+  assert len(tree) == 39 - 9 and named["train_tree"] == set()
+  assert len(named["all"]) == 9  # every unseen leaf is some contrast's negative under the reference's rule
 
 
 # ------------------------------------------------------------------ near_simi from a zsl_jax run

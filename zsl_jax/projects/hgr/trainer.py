@@ -1,10 +1,10 @@
 """HGR-Net trainer: CLIP fine-tuned with the hierarchical OM loss on class-pure batches.
 
 Per step the host draws one class's images (`data.batchers`, class-pure; or P class-pure slots with
-`hgr.classes_per_step`), samples every contrast's negatives (`negatives.ContrastSampler`, seeded by (seed, step) so a resumed run
-draws the same ones), deduplicates the prompts and packs them end to end into the static chunks
-of `negatives.prompt_layout` (`models.clip.packing`). The device encodes the images once and
-the unique prompts once, each device its share of the chunks in use, then scores all contrasts
+`hgr.classes_per_step`), samples every contrast's negatives (`negatives.ContrastSampler`, seeded by
+(seed, step) so a resumed run draws the same ones), deduplicates the prompts and packs them end to
+end into the static chunks of `negatives.prompt_layout` (`models.clip.packing`). The device encodes
+the images once and the unique prompts once, each device its share of the chunks in use, then scores all contrasts
 as one [G, B, C] tensor. The adaptive level weights θ are parameters (`hgr/level_theta`) with
 their own optimizer group.
 """
