@@ -126,7 +126,7 @@ def _expected_loss(trainer, variables, batch, contrasts, level_w):
   txt = np.asarray(trainer.encode_prompts_fn(variables, trainer.tokens))                # [N, E]
   real = np.asarray(batch["_mask"])                                                     # [B]
   scale = np.exp(np.asarray(variables["params"]["clip"]["logit_scale"]))
-  p = 1 if contrasts.slot is None else contrasts.outer_depths.shape[0]
+  p = 1 if contrasts.outer_depths.ndim == 1 else contrasts.outer_depths.shape[0]
   total = 0.0
   for s in range(p):
     g_of_slot = contrasts.group_mask & ((contrasts.slot == s) if p > 1 else True)

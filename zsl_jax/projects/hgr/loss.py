@@ -82,8 +82,7 @@ def contrast_weights(scheme, contrasts, theta=None, level_counts=None, weighting
   k_max, m_max = contrasts["inner_depths"].shape[-2:]
   outer = jnp.reshape(contrasts["outer_depths"], (-1, k_max))                                 # [P, K]
   inner = jnp.reshape(contrasts["inner_depths"], (-1, k_max, m_max))                          # [P, K, M]
-  slot = contrasts.get("slot")
-  slot = jnp.zeros_like(contrasts["k_index"]) if slot is None else slot                       # [G]
+  slot = contrasts.get("slot", jnp.zeros_like(contrasts["k_index"]))                         # [G]
   w_out = loop_weights(out_scheme, outer, theta, level_counts, index_by)                      # [P, K]
   w_in = loop_weights(in_scheme, inner, theta, level_counts, index_by)                        # [P, K, M]
   k, m = contrasts["k_index"], contrasts["m_index"]

@@ -36,8 +36,8 @@ class Contrasts:
   group_mask:   bool  [G]     real contrasts (the rest is padding).
   outer_depths: int32 [Kmax]  depth of each outer position (-1 = unused), for level weights.
   inner_depths: int32 [Kmax, Mmax] depth of each inner position per anchor (-1 = unused).
-  slot:         int32 [G]     the batch slot (class) whose images a contrast scores (`sample_step`;
-                              then outer_depths is [P, Kmax] and inner_depths [P, Kmax, Mmax]).
+  slot:         int32 [G]     the batch slot (class) whose images a contrast scores: 0 from `sample`;
+                              from `sample_step`, with outer_depths [P, Kmax] and inner_depths [P, Kmax, Mmax].
   """
   node_ids: np.ndarray
   k_index: np.ndarray
@@ -45,7 +45,7 @@ class Contrasts:
   group_mask: np.ndarray
   outer_depths: np.ndarray
   inner_depths: np.ndarray
-  slot: np.ndarray | None = None
+  slot: np.ndarray
 
 
 class ContrastSampler:
@@ -171,7 +171,8 @@ class ContrastSampler:
       node_ids[g, 0] = anchor
       node_ids[g, 1:1 + len(negatives)] = negatives
       k_index[g], m_index[g], group_mask[g] = kk, mm, True
-    return Contrasts(node_ids, k_index, m_index, group_mask, outer_depths, inner_depths)
+    return Contrasts(node_ids, k_index, m_index, group_mask, outer_depths, inner_depths,
+                     np.zeros(self.g_max, np.int32))
 
   def sample_step(self, labels, rng):
     """The contrasts of a step of P class-pure slots (`labels`, slot order), drawn one slot after another
