@@ -139,6 +139,7 @@ def paper_config(dry, remat_text=None):
   config.compute_dtype = "bfloat16"
   config.hgr.out_ratio, config.hgr.in_ratio, config.hgr.sampler = 0.25, 0.5, "topk"
   config.hgr.num_negatives = 16 if dry else 256
+  config.hgr.classes_per_step, config.hgr.negatives_from = paper.hgr.classes_per_step, paper.hgr.negatives_from
   config.data.num_threads, config.data.prefetch = 1, 1
   return config
 

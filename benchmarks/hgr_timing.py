@@ -51,6 +51,7 @@ def bench_config(args, sizes):
   config.hgr.num_negatives = ALL_NEGATIVES             # More than the demo hierarchy has nodes: all negatives.
   recipe = load_hgr_config(None).hgr
   config.hgr.level_weights, config.hgr.prompt_chunk_rows = recipe.level_weights, recipe.prompt_chunk_rows
+  config.hgr.classes_per_step, config.hgr.negatives_from = recipe.classes_per_step, recipe.negatives_from
   config.data.num_threads, config.data.prefetch = 1, 1
   config.mesh.data = 1
   if args.conv_impl:

@@ -98,7 +98,7 @@ def test_step_bound_covers_every_sampled_step(strategy, method):
 # --------------------------------------------------------------------------- the step on 1 and 8 devices
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
-  """Demo HGR engines on 1 and 8 devices, 8 packed rows per chunk on both (1 per device on 8)."""
+  """Demo HGR engines on 1 and 8 devices, 8 packed rows per chunk on both (1 per device on 8), 4 class slots."""
   root = str(tmp_path_factory.mktemp("hgr_demo_data"))
   out = {}
   for devices in (1, 8):
@@ -106,6 +106,7 @@ def engines(tmp_path_factory):
     config.data.demo_root = root
     config.data.num_threads = 2
     config.batch_size = 8
+    config.hgr.classes_per_step = 4  # 4 class slots of 2 images: each device holds one image of one slot.
     config.hgr.sampler = "random"   # More prompts per step than topk: several rows.
     config.hgr.prompt_chunk_rows = 8
     mesh = sharding.make_mesh(dict(data=devices, fsdp=1), jax.devices()[:devices])
