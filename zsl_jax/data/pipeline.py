@@ -5,6 +5,7 @@ Training batches come from `zsl_jax.data.sampling` (step -> global rows -> this 
 Both training and evaluation iterate through `to_iter_dataset`: grain threads each build whole
 batches, so the threads busy at once are min(num_threads, prefetch); 0 (the configs' default)
 sizes both from the cores this process may use, so a 16-core host decodes 16 batches at once.
+Batch buffers are reused from the heap rather than faulted in afresh every step (`host_memory`).
 
 Evaluation must count every example exactly once, also across hosts. Each host takes a
 contiguous slice of the examples, padded up to the same number of full batches on every host;
@@ -20,6 +21,7 @@ import grain
 import jax
 import numpy as np
 
+from zsl_jax.data import host_memory
 from zsl_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,7 @@ def to_iter_dataset(dataset, num_threads=AUTO, prefetch=AUTO, num_workers=0):
     options["prefetch_buffer_size"] = int(prefetch)
   logger.info("grain read-ahead: %s threads, %s prefetched batches, %d worker processes (%d cores)",
               threads, prefetch, workers, available_cores())
+  host_memory.keep_batch_buffers()
   it_ds = dataset.to_iter_dataset(grain.ReadOptions(**options))
   if workers > 0:
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
