@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc malloc.h)
 _M_MMAP_THRESHOLD = -3
-KEEP_BYTES = 1 << 30    # blocks up to this size come from (and go back to) the heap
+KEEP_BYTES = 64 << 20  # blocks up to this size come from (and go back to) the heap
 _done = []
 
 
