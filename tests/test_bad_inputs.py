@@ -32,6 +32,8 @@ CASES = {
     "batch_size_0": ("main", [f"--config={DAZLE}", "--config.batch_size=0"], ["config.batch_size=0 must be >= 1"], 1),
     "hgr_eval_batch": ("main", [f"--config={HGR}", "--config.evals.in21k_d.batch_size=-1"],
                        ["config.evals.in21k_d.batch_size=-1 must be >= 1"], 1),
+    "hgr_class_slots": ("main", [f"--config={HGR}", "--config.hgr.classes_per_step=5"],
+                        ["hgr.classes_per_step=5 does not divide batch_size=24", "pick a divisor of 24"], 1),
     "total_steps": ("main", [f"--config={DAZLE}", "--config.total_steps=-5"],
                     ["config.total_steps=-5 must be >= 0"], 1),
     "no_config": ("main", ["--config=nonexistent.py", "--config.total_steps=3"],

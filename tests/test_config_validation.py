@@ -48,6 +48,7 @@ CORE = {"mode": config_lib.MODES, "compute_dtype": base_trainer.COMPUTE_DTYPES, 
         "optim.schedule.type": optim.SCHEDULES, "sharding.strategy": sharding.STRATEGIES}
 HGR = {"hgr.method": negatives.METHODS, "hgr.sampler": negatives.SAMPLERS, "hgr.level_weights": hgr_loss.SCHEMES,
        "hgr.index_by": hgr_loss.INDEX_BY, "hgr.weighting": hgr_loss.WEIGHTINGS, "model.name": hgr_trainer.MODEL_NAMES,
+       "hgr.negatives_from": negatives.NEGATIVES_FROM,
        "data.images": array_record.IMAGE_SOURCES, "model.remat_text": text_transformer.REMAT_POLICIES,
        "model.remat_image": text_transformer.REMAT_POLICIES, "model.conv_impl": modified_resnet.CONV_IMPLS}
 ATTR = {"data.dataset": xlsa17.DATASETS, "data.sampler": samplers.KINDS, "zsl.select_on": dazle_trainer.SELECT_ON,
