@@ -32,7 +32,8 @@ class ClassPureSampler:
   """step -> [B] rows: P class-pure slots of B / P rows each, -1 padded (P = `classes_per_step`).
 
   Classes are visited in seeded random order, once per cycle of `num_classes` positions; step s
-  takes positions s * P ... s * P + P - 1 (with P = 1: one cycle per `num_classes` steps). A
+  takes positions s * P ... s * P + P - 1 (with P = 1: one cycle per `num_classes` steps; a step that
+  spans two cycles may hold a class twice, in two slots with different images). A
   class's v-th visit takes batch v mod nb of its seeded per-pass image permutation
   (nb = ceil(n / slot size)), like a shuffled per-class DataLoader that restarts when exhausted.
   """
