@@ -119,8 +119,8 @@ def test_bn_train_updates_batch_stats(base_run):
 def _expected_loss(trainer, variables, batch, contrasts, level_w):
   """sum_g w_out[k_g] w_in[k_g, m_g] CE_g from unpacked prompt features, the weights from `level_w`.
 
-  With P class slots (`contrasts.slot`), the mean over slots of that sum, each slot's contrasts scoring
-  only its B / P real images, weighted by its own class's loops.
+  With P class slots (contrasts in P groups, slot by slot), the mean over slots of that sum, each slot's
+  contrasts scoring only its B / P real images, weighted by its own class's loops.
   """
   img = np.asarray(trainer.encode_images(variables, batch["image"])[0])                # [B, E]
   txt = np.asarray(trainer.encode_prompts_fn(variables, trainer.tokens))                # [N, E]
@@ -129,7 +129,7 @@ def _expected_loss(trainer, variables, batch, contrasts, level_w):
   p = 1 if contrasts.outer_depths.ndim == 1 else contrasts.outer_depths.shape[0]
   total = 0.0
   for s in range(p):
-    g_of_slot = contrasts.group_mask & ((contrasts.slot == s) if p > 1 else True)
+    g_of_slot = contrasts.group_mask & (_slots(contrasts, p) == s)
     depths = (contrasts.outer_depths[s], contrasts.inner_depths[s]) if p > 1 else (contrasts.outer_depths,
                                                                                   contrasts.inner_depths)
     w_out, w_in = level_w(types.SimpleNamespace(outer_depths=depths[0], inner_depths=depths[1]))
@@ -141,6 +141,11 @@ def _expected_loss(trainer, variables, batch, contrasts, level_w):
       k, m = contrasts.k_index[g], contrasts.m_index[g]
       total += w_out[k] * w_in[k, m] * ce.mean() / p
   return total
+
+
+def _slots(contrasts, p):
+  """The slot of every contrast of a step of p slots: p equal groups, slot by slot."""
+  return np.arange(len(contrasts.k_index)) // (len(contrasts.k_index) // p)
 
 
 def _softmax_weights(a, index, mask):
@@ -215,9 +220,9 @@ def test_class_slots_score_each_slot_against_its_own_class(default_loss, data_ro
   got, want, labels, c = _trainer_loss(demo_config(data_root, classes_per_step=3), tmp_path)
   np.testing.assert_allclose(got, want, rtol=5e-5)
   assert len(set(labels)) == 3 and c.outer_depths.shape == (3, 3)
-  assert np.bincount(c.slot[c.group_mask]).tolist() == [6] * 3
+  assert np.bincount(_slots(c, 3)[c.group_mask]).tolist() == [6] * 3
   for s, label in enumerate(labels):  # each slot's anchors: its own class and the class's 2 ancestors
-    anchors = c.node_ids[(c.slot == s) & c.group_mask, 0]
+    anchors = c.node_ids[(_slots(c, 3) == s) & c.group_mask, 0]
     assert label in anchors and len(set(anchors.tolist())) == 3
   assert abs(got - default_loss[0]) > 1e-3 * abs(default_loss[0])
 

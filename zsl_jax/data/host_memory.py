@@ -14,6 +14,7 @@ Not glibc (musl, macOS): nothing changes.
 """
 import ctypes
 import ctypes.util
+import functools
 import logging
 
 logger = logging.getLogger(__name__)
@@ -21,13 +22,11 @@ logger = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc malloc.h)
 _M_MMAP_THRESHOLD = -3
 KEEP_BYTES = 64 << 20  # blocks up to this size come from (and go back to) the heap
-_done = []
 
 
+@functools.cache
 def keep_batch_buffers():
   """Sets glibc's mmap and trim thresholds to KEEP_BYTES, once per process; True when in effect."""
-  if _done:
-    return _done[0]
   ok = False
   name = ctypes.util.find_library("c")
   try:
@@ -40,5 +39,4 @@ def keep_batch_buffers():
   if ok:
     logger.info("host memory: batch buffers up to %d MiB are reused from the heap (glibc mmap/trim thresholds)",
                 KEEP_BYTES >> 20)
-  _done.append(ok)
   return ok

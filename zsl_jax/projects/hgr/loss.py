@@ -72,8 +72,9 @@ def init_theta(level_counts, scale=1.0):
 def contrast_weights(scheme, contrasts, theta=None, level_counts=None, weighting="both", index_by="depth"):
   """w_out[k] * w_in[k, m] / P for every contrast [G]; `weighting` in|out makes the other loop equal.
 
-  A step of P class slots (`contrasts["slot"]`, depths [P, K] and [P, K, M]) weights each slot's
-  contrasts by its own class's loops, divided by P: the loss is the mean over the step's classes.
+  A step of P class slots (depths [P, K] and [P, K, M]; contrasts in P equal groups, slot by slot,
+  as `ContrastSampler.sample_step` writes them) weights each slot's contrasts by its own class's
+  loops, divided by P: the loss is the mean over the step's classes.
   """
   if weighting not in WEIGHTINGS:
     raise UserError(f"hgr.weighting={weighting!r} is not one of: {', '.join(WEIGHTINGS)}")
@@ -82,16 +83,16 @@ def contrast_weights(scheme, contrasts, theta=None, level_counts=None, weighting
   k_max, m_max = contrasts["inner_depths"].shape[-2:]
   outer = jnp.reshape(contrasts["outer_depths"], (-1, k_max))                                 # [P, K]
   inner = jnp.reshape(contrasts["inner_depths"], (-1, k_max, m_max))                          # [P, K, M]
-  slot = contrasts.get("slot", jnp.zeros_like(contrasts["k_index"]))                         # [G]
+  k, m = contrasts["k_index"], contrasts["m_index"]
+  slot = jnp.arange(k.shape[0]) // (k.shape[0] // outer.shape[0])                             # [G]
   w_out = loop_weights(out_scheme, outer, theta, level_counts, index_by)                      # [P, K]
   w_in = loop_weights(in_scheme, inner, theta, level_counts, index_by)                        # [P, K, M]
-  k, m = contrasts["k_index"], contrasts["m_index"]
   w = w_out[slot, k] * w_in[slot, k, m] / outer.shape[0]
   return jnp.where(contrasts["group_mask"], w, 0.0)
 
 
 # --------------------------------------------------------------------------- the loss
-def om_loss(image_features, prompt_features, columns, weights, logit_scale, example_mask=None, slots=None):
+def om_loss(image_features, prompt_features, columns, weights, logit_scale, example_mask=None, num_slots=1):
   """Sum over contrasts of weight * mean-over-images cross-entropy with the positive in column 0.
 
   Args:
@@ -101,8 +102,8 @@ def om_loss(image_features, prompt_features, columns, weights, logit_scale, exam
     weights: [G] contrast weights (0 for padding contrasts).
     logit_scale: log of the temperature multiplier (CLIP's parameter), scalar.
     example_mask: bool [B] real images of a padded batch.
-    slots: optional (contrast slot int32 [G], number of slots P): a batch of P class-pure slots of
-      B / P images; a contrast scores only its slot's images. None: every image (one class).
+    num_slots: P, the batch's class-pure slots of B / P images each; the contrasts come in P equal
+      groups in slot order (`ContrastSampler.sample_step`), and a group scores only its slot's images.
   Returns:
     (loss, per-contrast mean cross-entropy [G]).
   """
@@ -112,14 +113,16 @@ def om_loss(image_features, prompt_features, columns, weights, logit_scale, exam
   # A finite fill (not -inf) keeps all-padding rows free of NaN values and NaN gradients.
   logits = jnp.where(valid[:, None, :], logits, _MASKED)
   ce = jax.nn.logsumexp(logits, axis=-1) - logits[..., 0]                # [G, B]
-  b = ce.shape[-1]
+  g, b = ce.shape
   m = jnp.ones((b,), ce.dtype) if example_mask is None else example_mask.astype(ce.dtype)  # [B]
-  if slots is None:
+  if num_slots == 1:
     per_contrast = (ce * m).sum(-1) / jnp.maximum(m.sum(), 1.0)
   else:
-    slot, num_slots = slots
+    # Every contrast is scored against every image, then masked to its slot's (P x the work of scoring
+    # each group against its own B / P images; kept so, since that reorders sums and moves the demo's figures).
     image_slot = jnp.arange(b) // (b // num_slots)                       # [B]
-    m = m * (image_slot[None, :] == slot[:, None])                       # [G, B]
+    contrast_slot = jnp.arange(g) // (g // num_slots)                    # [G]
+    m = m * (image_slot[None, :] == contrast_slot[:, None])              # [G, B]
     per_contrast = (ce * m).sum(-1) / jnp.maximum(m.sum(-1), 1.0)
   per_contrast = jnp.where(weights > 0, per_contrast, 0.0)
   return jnp.sum(weights * per_contrast), per_contrast

@@ -36,8 +36,8 @@ class Contrasts:
   group_mask:   bool  [G]     real contrasts (the rest is padding).
   outer_depths: int32 [Kmax]  depth of each outer position (-1 = unused), for level weights.
   inner_depths: int32 [Kmax, Mmax] depth of each inner position per anchor (-1 = unused).
-  slot:         int32 [G]     the batch slot (class) whose images a contrast scores: 0 from `sample`;
-                              from `sample_step`, with outer_depths [P, Kmax] and inner_depths [P, Kmax, Mmax].
+  `sample_step` stacks P classes' contrasts slot by slot ([P * G] rows, outer_depths [P, Kmax],
+  inner_depths [P, Kmax, Mmax]).
   """
   node_ids: np.ndarray
   k_index: np.ndarray
@@ -45,7 +45,6 @@ class Contrasts:
   group_mask: np.ndarray
   outer_depths: np.ndarray
   inner_depths: np.ndarray
-  slot: np.ndarray
 
 
 class ContrastSampler:
@@ -171,17 +170,16 @@ class ContrastSampler:
       node_ids[g, 0] = anchor
       node_ids[g, 1:1 + len(negatives)] = negatives
       k_index[g], m_index[g], group_mask[g] = kk, mm, True
-    return Contrasts(node_ids, k_index, m_index, group_mask, outer_depths, inner_depths,
-                     np.zeros(self.g_max, np.int32))
+    return Contrasts(node_ids, k_index, m_index, group_mask, outer_depths, inner_depths)
 
   def sample_step(self, labels, rng):
     """The contrasts of a step of P class-pure slots (`labels`, slot order), drawn one slot after another
-    from `rng`: [P * G] contrasts, each tagged with its slot; one slot draws what `sample` draws."""
+    from `rng`: [P * G] contrasts in P groups of G, slot by slot; one slot draws what `sample` draws."""
     parts = [self.sample(int(label), rng) for label in labels]
     cat = lambda key: np.concatenate([getattr(c, key) for c in parts])
     stack = lambda key: np.stack([getattr(c, key) for c in parts])
     return Contrasts(cat("node_ids"), cat("k_index"), cat("m_index"), cat("group_mask"), stack("outer_depths"),
-                     stack("inner_depths"), np.repeat(np.arange(len(parts), dtype=np.int32), self.g_max))
+                     stack("inner_depths"))
 
   def step_bound(self, labels, lengths, classes_per_step=1):
     """(prompts, tokens): the most unique prompts, and prompt tokens, that one step of any class in

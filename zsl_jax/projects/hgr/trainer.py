@@ -42,7 +42,7 @@ from zsl_jax.text import tokenizer
 logger = logging.getLogger(__name__)
 
 MODEL_NAMES = ("custom",) + tuple(clip_lib.PRESETS)  # model.name: a CLIP preset, or custom sizes
-CONTRAST_KEYS = ("columns", "k_index", "m_index", "group_mask", "outer_depths", "inner_depths", "slot")
+CONTRAST_KEYS = ("columns", "k_index", "m_index", "group_mask", "outer_depths", "inner_depths")
 PROMPT_KEYS = ("prompt_tokens", "prompt_pool", "prompt_chunks", "num_prompts")  # packed prompts (`AddContrasts`)
 # CLIP parameters `encode_embedded_packed` reads (setup() declares the last three whatever the method).
 TEXT_PARAMS = ("transformer", "ln_final", "text_projection", "positional_embedding", "logit_scale")
@@ -278,9 +278,8 @@ class Trainer(base.Trainer):
     weights = hgr_loss.contrast_weights(h.level_weights, contrasts, theta, self.level_counts, h.weighting,
                                         h.index_by)
     logit_scale = variables["params"]["clip"]["logit_scale"]
-    p = self.classes_per_step
     loss, _ = hgr_loss.om_loss(img, txt, batch["columns"], weights, logit_scale, batch[pipeline.MASK_KEY],
-                               slots=(batch["slot"], p) if p > 1 else None)
+                               num_slots=self.classes_per_step)
     metrics = {"logit_scale": jnp.exp(logit_scale), "contrasts": batch["group_mask"].sum(),
                "prompts": batch["num_prompts"], "prompt_chunks": batch["prompt_chunks"],
                "images": batch[pipeline.MASK_KEY].sum()}
