@@ -40,6 +40,23 @@ def test_balanced_batches_one_class_block_each():
   assert not np.array_equal(idx(4), idx(5))
 
 
+def test_balanced_draws_the_per_class_choice_stream():
+  """One vectorised draw must give the rows of DAZLE's formulation, one `choice` per picked class,
+  from the same generator: runs logged before the vectorisation keep their batches."""
+  rng = np.random.default_rng(0)
+  for n, num_classes, batch in [(1481, 40, 50), (300, 7, 20), (60, 50, 7), (500, 3, 30)]:
+    labels = rng.integers(0, num_classes, n) * 3 + 5  # sparse class ids, shuffled split order
+    rows = rng.permutation(10 * n)[:n]
+    sampler = zsl_batchers.make_sampler("balanced", rows, labels, batch, seed=7)
+    classes = np.unique(labels)
+    for step in range(50):
+      draw = np.random.default_rng([7, step])
+      picked = draw.choice(classes.size, sampler.classes_per_batch, replace=False)
+      want = np.concatenate([draw.choice(rows[labels == classes[c]], sampler.per_class, replace=True)
+                             for c in picked])
+      np.testing.assert_array_equal(sampler(step), want)
+
+
 def test_balanced_with_more_classes_than_batch_and_uniform():
   labels = _labels()
   rows = np.arange(labels.size)
