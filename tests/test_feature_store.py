@@ -2,6 +2,7 @@
 the window sampler across hosts, and the memory-mappable conversion."""
 import logging
 import threading
+import time
 
 import h5py
 import numpy as np
@@ -16,6 +17,7 @@ from zsl_jax.projects.attr.data import hdf5_rows
 from zsl_jax.projects.attr.data import loading
 from zsl_jax.projects.attr.data import region_features
 from zsl_jax.projects.attr.data import samplers
+from zsl_jax.projects.attr.data import slab_cache
 from zsl_jax.projects.attr.tools import convert_features
 
 N, F, H, W = 53, 20, 3, 3  # Rows, channels, regions grid: partial chunks on every axis below.
@@ -141,14 +143,72 @@ def test_block_cache_reads_each_block_once_and_keeps_its_budget():
   assert cache.get_many([5, 6, 7, 8], read).keys() == {5, 6, 7, 8}  # One call may exceed the capacity.
 
 
+def _block_values(parts, calls=None, lock=None, delay=0.0):
+  """read_into for SlabCache tests: row r of block b holds 100 * b + r (after an optional delay)."""
+  if calls is not None:
+    with lock:
+      calls.extend(parts)
+  time.sleep(delay)
+  for b, dest in parts.items():
+    dest[...] = (100 * b + np.arange(dest.shape[0], dtype=np.float32))[:, None, None]
+  return parts
+
+
+def test_slab_cache_reads_each_block_once_evicts_unpinned_lru_and_overflows_one_call():
+  calls, lock = [], threading.Lock()
+  cache = slab_cache.SlabCache(slots=3, block_rows=4, row_shape=(2, 3), num_rows=30)  # 8 blocks, the last of 2 rows
+  results = []
+  blocks, offsets = np.array([1, 2, 3, 1]), np.array([0, 3, 1, 2])
+  read = lambda parts: _block_values(parts, calls, lock, delay=0.01)  # noqa: E731
+  threads = [threading.Thread(target=lambda: results.append(cache.gather(blocks, offsets, read))) for _ in range(8)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert sorted(calls) == [1, 2, 3]  # 8 threads, one read per block
+  for r in results:
+    np.testing.assert_array_equal(r[:, 0, 0], [100, 203, 301, 102])
+  cache.gather(np.array([2]), np.array([0]), read)
+  cache.gather(np.array([7]), np.array([1]), read)  # Evicts the least recently used block, 1.
+  assert 1 not in cache and 2 in cache and 3 in cache and 7 in cache
+  many = cache.gather(np.arange(8), np.zeros(8, np.int64), read)  # 8 blocks, 3 slots: the rest read for this call
+  np.testing.assert_array_equal(many[:, 1, 2], 100 * np.arange(8))
+  for b in (5, 6, 7):
+    cache.gather(np.array([b]), np.array([0]), read)
+  np.testing.assert_array_equal(cache.copy_row(7, 1), np.full((2, 3), 701, np.float32))  # the 2-row last block
+  assert cache.copy_row(0, 0) is None
+
+
+def test_slab_cache_never_refills_a_slot_under_a_reader():
+  """Many threads, few slots, constant eviction: every row must come back with its own block's values."""
+  cache = slab_cache.SlabCache(slots=4, block_rows=3, row_shape=(64, 32), num_rows=60)
+  errors = []
+
+  def work(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(60):
+      rows = rng.integers(0, 60, 3)
+      got = cache.gather(rows // 3, rows % 3, lambda parts: _block_values(parts, delay=0.0005))
+      want = (100 * (rows // 3) + rows % 3).astype(np.float32)
+      if not (got == want[:, None, None]).all():
+        errors.append(seed)
+
+  threads = [threading.Thread(target=work, args=(s,)) for s in range(6)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert not errors
+
+
 def test_evaluation_scans_leave_the_training_cache(files):
   src = region_features.RegionFeatureSource(files["paths"]["official"], files["labels"], in_memory=False)
   store = src.store
   src.get_batch(np.array([0, 13]))
   for i in range(N):  # An evaluation pass, row by row.
     np.testing.assert_array_equal(src[i]["features"], files["regions"][i])
-  assert store.train_cache.peek(0) is not None and store.train_cache.peek(1) is not None
-  assert store.train_cache.peek(4) is None and store.scan_cache.peek(4) is not None
+  assert 0 in store.train_cache and 1 in store.train_cache
+  assert 4 not in store.train_cache and store.scan_cache.peek(4) is not None
 
 
 def test_window_sampler_same_order_for_1_2_4_hosts_and_every_row_once(files):

@@ -5,7 +5,8 @@
   (`/proc/meminfo`); `in_memory=True/False` overrides. A training step is one gather of its rows.
 - **chunk-aware**: blocks (the file's chunk extent along the row axis) are read on demand into an LRU
   cache of the same budget. Training rows (`gather`) and evaluation scans (`row`) use separate caches,
-  so an evaluation pass does not evict the training working set. Every sampler keeps its exact stream:
+  so an evaluation pass does not evict the training working set; training's is one slab that a step
+  gathers from in one copy (`slab_cache`). Every sampler keeps its exact stream:
   the mode only decides how rows are read. Speed then depends on the sampler: the "window" sampler
   (`samplers.WindowSampler`) inflates each block once per epoch; the balanced and uniform samplers
   draw rows anywhere, at memory speed once the training split's blocks fit the cache, and otherwise
@@ -26,6 +27,7 @@ import h5py
 import numpy as np
 
 from zsl_jax.errors import UserError
+from zsl_jax.projects.attr.data import slab_cache
 
 logger = logging.getLogger(__name__)
 
@@ -192,7 +194,10 @@ class CachedStore:
     self._new_caches()
 
   def _new_caches(self):
-    self.train_cache, self.scan_cache = BlockCache(self.train_bytes), BlockCache(self.scan_bytes)
+    r = self.reader
+    slots = max(2, min(r.num_blocks, self.train_bytes // self.block_bytes))
+    self.train_cache = slab_cache.SlabCache(slots, r.block_rows, (r.num_regions, r.feature_dim), r.num_rows)
+    self.scan_cache = BlockCache(self.scan_bytes)
 
   def __getstate__(self):
     return {k: v for k, v in self.__dict__.items() if k not in ("train_cache", "scan_cache")}
@@ -206,30 +211,31 @@ class CachedStore:
     return (f"{r.describe()}; training cache {self.train_bytes / GIB:.2f} GiB "
             f"(~{min(r.num_blocks, self.train_bytes // self.block_bytes)} of {r.num_blocks} blocks)")
 
-  def _read(self, blocks):
-    arrays = self.reader.read_blocks(blocks)
+  def _normalized(self, parts):
     if self.normalize:
-      for a in arrays.values():
+      for a in parts.values():
         l2_normalize_(a)
-    return arrays
+    return parts
+
+  def _fill(self, parts):
+    """Reads {block: destination [rows, R, F]} in place (the training slab's slots)."""
+    return self._normalized(self.reader.fill_blocks(parts))
+
+  def _read(self, blocks):
+    return self._normalized(self.reader.read_blocks(blocks))
 
   def gather(self, rows):
     if rows.size and (rows.min() < 0 or rows.max() >= self.reader.num_rows):
       raise IndexError(f"feature rows must lie in [0, {self.reader.num_rows}); got {rows.min()}..{rows.max()}")
     blocks, offsets = np.divmod(rows, self.reader.block_rows)
-    uniq = np.unique(blocks)
-    arrays = self.train_cache.get_many([int(b) for b in uniq], self._read)
-    out = np.empty((rows.size, self.reader.num_regions, self.reader.feature_dim), np.float32)
-    for i, (b, off) in enumerate(zip(blocks.tolist(), offsets.tolist())):  # One copy per row, no temporaries.
-      out[i] = arrays[b][off]
-    return out
+    return self.train_cache.gather(blocks, offsets, self._fill)
 
   def row(self, i):
     b, off = divmod(int(i), self.reader.block_rows)
-    block = self.train_cache.peek(b)
-    if block is None:
-      block = self.scan_cache.get_many([b], self._read)[b]
-    return block[off]
+    cached = self.train_cache.copy_row(b, off)  # Evaluation reuses training blocks (a pinned copy).
+    if cached is not None:
+      return cached
+    return self.scan_cache.get_many([b], self._read)[b][off]
 
 
 def fingerprint(path, key="feature_map"):

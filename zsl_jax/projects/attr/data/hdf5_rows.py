@@ -140,6 +140,11 @@ class Hdf5Rows:
     self._fill(out)
     return out
 
+  def fill_blocks(self, parts):
+    """Reads each {block: destination float32 [rows of the block, R, F]} in place, in parallel."""
+    self._fill(parts)
+    return parts
+
   def read_range(self, start, stop, out):
     """Rows [start, stop) into `out` [stop - start, R, F]; `start` must begin a block."""
     if start % self.block_rows:
