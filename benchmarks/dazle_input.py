@@ -210,7 +210,8 @@ def main(argv=None):
   p.add_argument("--dir", default=None, help="where to write the files (default: a temp folder)")
   p.add_argument("--keep", action="store_true", help="keep the files (the folder is printed)")
   p.add_argument("--files", default=None, help="reuse the files a --keep run left in this folder")
-  p.add_argument("--only", default="", help="run the table rows whose layout or mode contains this text")
+  p.add_argument("--only", default="", help="run the table rows whose layout or mode contains this text (or any of "
+                 "several, comma-separated)")
   p.add_argument("--dry-run", action="store_true", help="tiny shapes: the same path in seconds")
   args = p.parse_args(argv)
   sizes = TINY if args.dry_run else FULL
@@ -260,7 +261,7 @@ def _run(args, sizes, folder):
         f"{'CPU s':>8s} {'wall s':>8s} {'setup s':>8s}")
   reference = []
   for case in cases(paths, str(folder / "zsl_jax.npy")):
-    if args.only in case[0] or args.only in case[2]:
+    if any(part in case[0] or part in case[2] for part in args.only.split(",")):
       run_case(case, args, reference)
 
 

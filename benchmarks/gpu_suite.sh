@@ -21,7 +21,8 @@
 #   loader             benchmarks/loader.py: decode + CLIP preprocess images/s with N grain threads
 #   dazle_input        benchmarks/dazle_input.py: DAZLE's input path (trainer's sampler, LoadFeatures, grain
 #                      with N threads) over AWA2-shaped [2048, 7, 7] features (every 4th AWA2 row), rows/s
-#                      in memory from both hdf5 layouts and memory-mapped from the converted .npy
+#                      of the full schedule in memory and chunk-aware (cache holding the split) from both
+#                      hdf5 layouts, and memory-mapped from the converted .npy
 # Each benchmark's own output is kept in $DIR/*.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +46,7 @@ if [[ $dry == 1 ]]; then
   dazle_sizes+=", feature_dim=16, w2v_dim=12, images_per_class=4"
   dazle_steps=(--config.total_steps=20 --config.evals.gzsl.every_steps=10)
   loader_args=(--classes 4 --per_class 8 --size 64x48 --repeats 1 --threads 2)
-  dazle_input_args=(--dry-run --only mem --threads 2)
+  dazle_input_args=(--dry-run --only mem,holds --threads 2)
 else
   scale_args=(--model RN50 --dtype bfloat16 --steps 200 --train-steps 8 --scan-workers "$cores"
               --eval-threads "$cores")
@@ -53,7 +54,7 @@ else
   dazle_sizes+=", feature_dim=2048, w2v_dim=300, images_per_class=8"
   dazle_steps=(--config.total_steps=9410)
   loader_args=(--classes 39 --per_class 40 --repeats 2 --threads "$cores")
-  dazle_input_args=(--scale 4 --steps 2000 --only mem --threads "$cores" --dir "$dir")
+  dazle_input_args=(--scale 4 --only mem,holds --threads "$cores" --dir "$dir")
 fi
 
 echo "== gpu_suite: $(uname -n), $cores cores, load $(cut -d' ' -f1-3 /proc/loadavg), output in $dir" >&2
@@ -112,10 +113,10 @@ for line in (d / "loader.log").read_text().splitlines():
   if line.startswith("generated"):
     ld += f" ({line.split(';')[0]})"
 layouts = ("official", "zsl_jax", "converted .npy")
-inputs = [(next(k for k in layouts if line.startswith(k)), line.split()[-5])  # rows/s: 5th number from the end
+inputs = [(line[:15].strip(), line[16:48].strip(), line.split()[-5])  # rows/s: 5th number from the end
           for line in (d / "dazle_input.log").read_text().splitlines() if line.startswith(layouts)]
-di = "; ".join(f"{layout} {float(rate):,.0f} rows/s" for layout, rate in inputs) or "no result"
-di += f" (in memory; .npy memory-mapped; {os.cpu_count()} cores visible)"
+di = "; ".join(f"{layout} {mode} {float(rate):,.0f} rows/s" for layout, mode, rate in inputs) or "no result"
+di += f" (full AWA2 schedule, {os.cpu_count()} cores visible)"
 table = [("hgr_rn50_step", hgr), ("eval_21k_d", evl), ("dazle_awa2_full", dz), ("loader", ld), ("dazle_input", di)]
 w = max(len(k) for k, _ in table)
 print(f"gpu_suite on {os.uname().nodename}: {time.time() - start:.0f} s total, {s['load']}")

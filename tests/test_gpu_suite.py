@@ -54,8 +54,9 @@ def test_gpu_suite_prints_every_row(suite):
   assert re.search(r"[\d,]+ images/s \(", rows["eval_21k_d"]), rows["eval_21k_d"]
   assert re.search(r"s wall for 20 steps", rows["dazle_awa2_full"]), rows["dazle_awa2_full"]
   assert re.search(r"[\d,]+ images/s with", rows["loader"]), rows["loader"]
-  assert re.search(r"official [\d,]+ rows/s; zsl_jax [\d,]+ rows/s; converted \.npy [\d,]+ rows/s",
-                   rows["dazle_input"]), rows["dazle_input"]
+  assert re.search(r"official memory [\d,]+ rows/s; official chunk-aware, cache holds split [\d,]+ rows/s; "
+                   r"zsl_jax memory [\d,]+ rows/s; zsl_jax chunk-aware, cache holds split [\d,]+ rows/s; "
+                   r"converted \.npy memmap [\d,]+ rows/s", rows["dazle_input"]), rows["dazle_input"]
 
 
 def test_scale_21k_dry_run_table(suite):

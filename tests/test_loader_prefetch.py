@@ -77,6 +77,29 @@ def test_state_is_the_last_consumed_batch(mesh, size):
     next(resumed)
 
 
+def test_start_reads_ahead_before_the_first_next_and_keeps_the_stream(mesh):
+  """The train loop calls start() before its start evaluations: batches are read meanwhile, the state
+  still names the first batch, and a restore after start() drops what was read ahead."""
+  it = device_prefetch.prefetch(_host_iterator(), mesh, size=2)
+  initial = it.get_state()
+  it.start()
+  it.start()  # idempotent
+  for _ in range(1000):
+    if it._queue.full():  # pylint: disable=protected-access
+      break
+    time.sleep(0.01)
+  assert it._queue.full() and it.get_state() == initial  # pylint: disable=protected-access
+  want = _take(_host_iterator(), 5)
+  np.testing.assert_array_equal(_take(it, 2), want[:2])
+  state = it.get_state()
+  resumed = device_prefetch.prefetch(_host_iterator(), mesh, size=2)
+  resumed.start()
+  resumed.set_state(state)
+  np.testing.assert_array_equal(_take(resumed, 3), want[2:])
+  it.close()
+  resumed.close()
+
+
 def test_reader_errors_surface_in_next(mesh):
   def broken():
     yield {"x": np.arange(8)}

@@ -197,6 +197,8 @@ class TrainLoop:
 
   def _train(self, state, data_iter, start):
     """Start evaluations, the train phase under its bar, the last save, then the final evaluations."""
+    if hasattr(data_iter, "start"):  # Read ahead while the start evaluations and the compile run.
+      data_iter.start()
     if start == 0:  # The untrained (or freshly initialised) model, as a baseline row.
       self._evaluate(state, 0, {n for n, e in self.evaluators.items() if e.at_start})
     if self.show_progress:  # opened after the start evaluations: one bar per phase

@@ -70,10 +70,16 @@ class DevicePrefetch:
     except BaseException as e:  # pylint: disable=broad-except  # Re-raised in the consumer's thread.
       self._put(_Failed(e))
 
-  def __next__(self):
+  def start(self):
+    """Starts reading ahead now (idempotent; `next()` starts it otherwise). The training loop calls it before
+    its start evaluations and compile, so that grain's threads or worker processes are up and the first
+    batches ready when step 1 asks for them."""
     if self._done is None and self._thread is None:
       self._thread = threading.Thread(target=self._read, name="device_prefetch", daemon=True)
       self._thread.start()
+
+  def __next__(self):
+    self.start()
     item = self._done or self._queue.get()
     if item is _END or isinstance(item, _Failed):
       self._done = item
