@@ -13,6 +13,9 @@ times on the same files, interleaved, fastest of --repeats after a warm-up pass:
   torchvision: ImageFolder + DataLoader (`--threads` workers, each torch.set_num_threads(1),
     OMP_WAIT_POLICY=PASSIVE) with Resize(bicubic) / CenterCrop / ToTensor / Normalize, and the same
     transfer of its float32 batches (jax.device_put, waited for).
+  decode only: `images.decode` of every file at full size, one thread: what the exact path cannot go
+    below per image (3x torchvision per core would need decode + resize + transfer under a third of its
+    time; on the 2-core machine PIL's decode alone is about that).
 Each row reports wall and CPU seconds (this process and its reaped workers); img/s/core is
 images per CPU-second, the figure that does not depend on other load on the machine. With torch,
 the preprocessing parity of both zsl_jax paths against torchvision is printed in normalised units.
@@ -120,6 +123,12 @@ def bench_zsl(paths, labels, batch, threads, image_size, draft, mesh):
   return _timed(run)
 
 
+def bench_decode(paths):
+  """The floor under any exact loader on this host: full-size decode alone (`images.decode`: PIL with its
+  bundled libjpeg-turbo), one thread, no resize, batching or transfer."""
+  return _timed(lambda: sum(images.decode(p).image.size[0] > 0 for p in paths))
+
+
 def _torch_transform(tv, image_size):
   return tv.transforms.Compose([
       tv.transforms.Resize(image_size, interpolation=tv.transforms.InterpolationMode.BICUBIC),
@@ -204,6 +213,7 @@ def main(argv=None):
             lambda: bench_zsl(paths, labels, args.batch, args.threads, args.image_size, False, mesh),
             "zsl_jax grain (LoadImage, draft)":
             lambda: bench_zsl(paths, labels, args.batch, args.threads, args.image_size, True, mesh)}
+    runs["decode only, 1 thread (the floor)"] = lambda: bench_decode(paths)
     if not args.no_torch:
       runs["torchvision ImageFolder+DataLoader"] = lambda: bench_torch(root, args.batch, args.threads,
                                                                       args.image_size, mesh)
@@ -218,7 +228,7 @@ def main(argv=None):
       print(f"{name:<36} {n:>7} {wall:>7.2f} {cpu:>7.2f} {n / wall:>8.1f} {n / cpu:>11.1f}")
     if not args.no_torch:
       ref = best["torchvision ImageFolder+DataLoader"]
-      for name in list(best)[:2]:
+      for name in list(best)[:3]:
         n, wall, cpu = best[name]
         print(f"ratio {name} / torchvision: {(n / cpu) / (ref[0] / ref[2]):.2f}x per CPU-second, "
               f"{(n / wall) / (ref[0] / ref[1]):.2f}x wall")

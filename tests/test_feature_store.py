@@ -3,6 +3,7 @@ the window sampler across hosts, and the memory-mappable conversion."""
 import logging
 import threading
 import time
+import zlib
 
 import h5py
 import numpy as np
@@ -77,6 +78,36 @@ def test_every_layout_reads_the_h5py_rows(files):
       np.testing.assert_array_equal(src.get_batch(rows), ref, err_msg=f"{name} in_memory={in_memory}")
       np.testing.assert_array_equal(src[51]["features"], files["regions"][51])
   assert hdf5_rows.Hdf5Rows(files["paths"]["official"]).block_rows == 12
+
+
+@pytest.mark.parametrize("inflater", ["libdeflate", "zlib"])
+def test_gzip_chunks_inflate_to_h5py_rows_with_either_inflater(files, monkeypatch, inflater):
+  """libdeflate (installed by setup.py, the path that runs) and the zlib fallback read h5py's exact rows."""
+  assert hdf5_rows.libdeflate is not None, "setup.py installs `deflate`; reinstall the package"
+  if inflater == "zlib":
+    monkeypatch.setattr(hdf5_rows, "libdeflate", None)
+  for name in ("official", "zsl_jax"):
+    with h5py.File(files["paths"][name]) as f:
+      ref = f["feature_map"][:].reshape(N, F, H * W).transpose(0, 2, 1)
+    reader = hdf5_rows.Hdf5Rows(files["paths"][name], threads=2)
+    blocks = reader.read_blocks(range(reader.num_blocks))
+    np.testing.assert_array_equal(np.concatenate([blocks[b] for b in range(reader.num_blocks)]), ref)
+  with pytest.raises(hdf5_rows.CorruptChunkError, match="does not inflate to 1000 bytes"):
+    hdf5_rows.inflate(zlib.compress(b"x" * 1000)[:-5], 1000)
+
+
+def test_a_damaged_chunk_is_one_error_naming_the_file(tmp_path, files):
+  path = tmp_path / "damaged.hdf5"
+  path.write_bytes(files["paths"]["zsl_jax"].read_bytes())
+  reader = hdf5_rows.Hdf5Rows(path)
+  _, offset, size, _ = reader._index[3][0]  # pylint: disable=protected-access
+  with open(path, "r+b") as f:
+    f.seek(offset + size // 2)
+    f.write(b"\xff" * 64)
+  src = region_features.RegionFeatureSource(path, files["labels"], in_memory=False)
+  np.testing.assert_array_equal(src.get_batch(np.array([2])), files["regions"][[2]])  # other rows still read
+  with pytest.raises(UserError, match=r"damaged.hdf5: the feature_map chunk at byte \d+ is damaged"):
+    src.get_batch(np.array([3]))
 
 
 def test_normalised_and_unwritten_chunks(tmp_path, files):
