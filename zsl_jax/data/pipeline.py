@@ -17,6 +17,7 @@ import logging
 import math
 import os
 
+from absl import flags
 import grain
 import jax
 import numpy as np
@@ -74,6 +75,8 @@ def to_iter_dataset(dataset, num_threads=AUTO, prefetch=AUTO, num_workers=0):
   host_memory.keep_batch_buffers()
   it_ds = dataset.to_iter_dataset(grain.ReadOptions(**options))
   if workers > 0:
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; scripts and notebooks never parse them
+      flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
   return it_ds
 
