@@ -69,6 +69,11 @@ def init_theta(level_counts, scale=1.0):
   return jnp.asarray(scale / counts, jnp.float32)
 
 
+def slot_of(n, num_slots):
+  """[n] slot of each of n rows split into `num_slots` equal consecutive groups (images or contrasts)."""
+  return jnp.arange(n) // (n // num_slots)
+
+
 def contrast_weights(scheme, contrasts, theta=None, level_counts=None, weighting="both", index_by="depth"):
   """w_out[k] * w_in[k, m] / P for every contrast [G]; `weighting` in|out makes the other loop equal.
 
@@ -84,7 +89,7 @@ def contrast_weights(scheme, contrasts, theta=None, level_counts=None, weighting
   outer = jnp.reshape(contrasts["outer_depths"], (-1, k_max))                                 # [P, K]
   inner = jnp.reshape(contrasts["inner_depths"], (-1, k_max, m_max))                          # [P, K, M]
   k, m = contrasts["k_index"], contrasts["m_index"]
-  slot = jnp.arange(k.shape[0]) // (k.shape[0] // outer.shape[0])                             # [G]
+  slot = slot_of(k.shape[0], outer.shape[0])                                                 # [G]
   w_out = loop_weights(out_scheme, outer, theta, level_counts, index_by)                      # [P, K]
   w_in = loop_weights(in_scheme, inner, theta, level_counts, index_by)                        # [P, K, M]
   w = w_out[slot, k] * w_in[slot, k, m] / outer.shape[0]
@@ -120,9 +125,7 @@ def om_loss(image_features, prompt_features, columns, weights, logit_scale, exam
   else:
     # Every contrast is scored against every image, then masked to its slot's (P x the work of scoring
     # each group against its own B / P images; kept so, since that reorders sums and moves the demo's figures).
-    image_slot = jnp.arange(b) // (b // num_slots)                       # [B]
-    contrast_slot = jnp.arange(g) // (g // num_slots)                    # [G]
-    m = m * (image_slot[None, :] == contrast_slot[:, None])              # [G, B]
+    m = m * (slot_of(b, num_slots)[None, :] == slot_of(g, num_slots)[:, None])  # [G, B]
     per_contrast = (ce * m).sum(-1) / jnp.maximum(m.sum(-1), 1.0)
   per_contrast = jnp.where(weights > 0, per_contrast, 0.0)
   return jnp.sum(weights * per_contrast), per_contrast
